@@ -1,0 +1,415 @@
+"""The sans-I/O protocol engine: a state machine fed bytes, returning bytes and events.
+
+:class:`Connection` knows the MS-NNS handshake, the record framing (MS-NNS or SASL) and the security context; it
+never touches a socket, an event loop or a clock. An I/O layer is three loops:
+
+* receive side: ``receive_data(chunk)`` (``b""`` at EOF), then ``next_event()`` until it returns
+  :data:`NEED_DATA`; after each call, write ``data_to_send()`` to the peer (handshake messages);
+* send side: ``wire = send(plaintext)`` and write ``wire``;
+* on any exception: write ``data_to_send()`` once more (it may hold a HandshakeError frame for the peer), then
+  close the transport.
+
+Concurrency (the SSPI rule: one encryptor and one decryptor at a time, never two of either): ``send`` belongs to
+the send side; ``receive_data``, ``next_event`` and ``data_to_send`` to the receive side. One send and one receive
+may run at the same time in two threads, unless :attr:`SessionInfo.shares_crypto_state` is true (NTLM without
+Extended Session Security), in which case one lock must serialise both sides.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from ._context import ProtectionLevel, SecurityContext, StreamSizes
+from ._framing import nns, sasl
+from .errors import (
+    SEC_E_INTERNAL_ERROR,
+    AuthenticationError,
+    BrokenStreamError,
+    FramingError,
+    HandshakeError,
+    LocalProtocolError,
+    NegotiateError,
+    StreamClosedError,
+    TruncatedStreamError,
+)
+
+__all__ = [
+    "NEED_DATA",
+    "Connection",
+    "Data",
+    "EndOfStream",
+    "Event",
+    "HandshakeComplete",
+    "SessionInfo",
+    "State",
+]
+
+#: Handshake round trips after which we give up (NTLM needs 2, Kerberos 1-2, SPNEGO 2-3).
+MAX_HANDSHAKE_ROUNDS = 16
+# Drop consumed bytes from the front of the receive buffer once this many have piled up.
+_COMPACT_THRESHOLD = 1 << 16
+
+
+class State(enum.Enum):
+    """Connection states; transitions: HANDSHAKING -> ESTABLISHED -> CLOSED, and any state -> BROKEN."""
+
+    HANDSHAKING = "handshaking"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+    BROKEN = "broken"
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by :meth:`Connection.next_event` when more bytes must be received first.
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What the handshake established; exposed by every adapter."""
+
+    #: ``"ntlm"`` or ``"kerberos"``.
+    protocol: str | None
+    protection_level: ProtectionLevel
+    #: Server side: the authenticated client (``DOMAIN\\user``, ``user@REALM``). Client side: the target SPN.
+    peer_identity: str | None
+    mutually_authenticated: bool
+    is_server: bool
+    #: NTLM without Extended Session Security: one cipher state for both directions (one lock for both).
+    shares_crypto_state: bool
+    #: Per-record overhead and the largest plaintext per record.
+    sizes: StreamSizes
+    framing: str
+
+    @property
+    def is_encrypted(self) -> bool:
+        """True when records are sealed (``NegotiateStream.IsEncrypted``)."""
+        return self.protection_level is ProtectionLevel.ENCRYPT_AND_SIGN
+
+    @property
+    def is_signed(self) -> bool:
+        """True when records carry a signature (``NegotiateStream.IsSigned``)."""
+        return self.protection_level is not ProtectionLevel.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """The handshake succeeded; application data may flow."""
+
+    info: SessionInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Verified (and decrypted) application bytes, in order; one event per record."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """The peer closed its sending side at a record boundary (a clean end)."""
+
+
+Event = HandshakeComplete | Data | EndOfStream
+
+
+class Connection:
+    """One side of a negotiate-protected byte stream, without I/O.
+
+    ``framing="nns"`` runs the MS-NNS handshake over the stream, then MS-NNS records. ``framing="sasl"`` takes a
+    context already established out of band (e.g. by an LDAP SASL bind) and speaks SASL security-layer records;
+    the :class:`HandshakeComplete` event is then the first event.
+
+    A client Connection has its first handshake message ready in :meth:`data_to_send` right after construction.
+    """
+
+    def __init__(
+        self,
+        context: SecurityContext,
+        *,
+        framing: Literal["nns", "sasl"] = "nns",
+        sasl_max_buffer: int = sasl.DEFAULT_MAX_BUFFER,
+        sasl_peer_max_buffer: int = sasl.DEFAULT_MAX_BUFFER,
+        error_byteorder: Literal["big", "little"] = "big",
+    ) -> None:
+        self.context = context
+        self.framing = framing
+        self._error_byteorder = error_byteorder
+        self._state = State.HANDSHAKING
+        self._broken_cause: BaseException | None = None
+        self._buffer = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._outgoing = bytearray()
+        self._peer_done = False
+        self._rounds = 0
+        self._pending: list[Event] = []
+        self.info: SessionInfo | None = None
+        self._codec: nns.NNSRecordCodec | sasl.SaslRecordCodec
+        if framing == "nns":
+            self._codec = nns.NNSRecordCodec()
+            if not context.is_server:
+                self._guarded(self._client_start)
+        elif framing == "sasl":
+            if not context.complete:
+                raise LocalProtocolError(
+                    "SASL framing needs a context already established by the SASL bind: step it to completion first"
+                )
+            overhead = 64  # generous bound of NTLM (16) and RFC 4121 (<= 60) token overhead
+            self._codec = sasl.SaslRecordCodec(
+                max_payload=sasl_max_buffer,
+                max_plaintext=max(1, min(nns.MAX_PLAINTEXT_PER_RECORD, sasl_peer_max_buffer - overhead)),
+            )
+            self._establish()
+        else:
+            raise ValueError("framing must be 'nns' or 'sasl'")
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The current :class:`State`."""
+        return self._state
+
+    @property
+    def broken_cause(self) -> BaseException | None:
+        """The error that broke the connection, if it is broken."""
+        return self._broken_cause
+
+    def _check_usable(self, side: str) -> None:
+        if self._state is State.BROKEN:
+            raise BrokenStreamError(
+                f"cannot {side}: the stream is broken by an earlier error ({self._broken_cause}); "
+                "close it and open a new connection"
+            ) from self._broken_cause
+        if self._state is State.CLOSED:
+            raise StreamClosedError(f"cannot {side}: the stream was closed by this side")
+
+    def _break(self, exc: BaseException) -> None:
+        if self._state is not State.BROKEN:
+            self._state = State.BROKEN
+            self._broken_cause = exc
+
+    def _guarded(self, action: object) -> None:
+        try:
+            action()  # type: ignore[operator]
+        except NegotiateError as exc:
+            self._fail_handshake(exc)
+            raise
+
+    def close(self) -> None:
+        """Mark the stream closed by this side (MS-NNS and SASL have no close message: just close the transport)."""
+        if self._state is not State.BROKEN:
+            self._state = State.CLOSED
+
+    # -- handshake -------------------------------------------------------------------------------------------------
+
+    def _client_start(self) -> None:
+        token = self.context.step(None)
+        if token is None:
+            raise AuthenticationError("the initiator produced no first token", status=SEC_E_INTERNAL_ERROR)
+        message_id = nns.MessageId.HANDSHAKE_DONE if self.context.complete else nns.MessageId.HANDSHAKE_IN_PROGRESS
+        self._outgoing += nns.encode_handshake(message_id, token)
+
+    def _fail_handshake(self, exc: NegotiateError) -> None:
+        """Queue a HandshakeError frame for the peer (unless the peer reported the error) and break."""
+        if self._state is State.HANDSHAKING and self.framing == "nns" and not isinstance(exc, HandshakeError):
+            code = exc.status if exc.status is not None else SEC_E_INTERNAL_ERROR
+            self._outgoing += nns.encode_error(code, byteorder=self._error_byteorder)
+        self._break(exc)
+
+    def _handle_handshake(self, frame: nns.HandshakeFrame) -> None:
+        if frame.message_id is nns.MessageId.HANDSHAKE_ERROR:
+            raise HandshakeError(frame.error_code)
+        self._rounds += 1
+        if self._rounds > MAX_HANDSHAKE_ROUNDS:
+            raise AuthenticationError(
+                f"the handshake did not finish within {MAX_HANDSHAKE_ROUNDS} messages", status=SEC_E_INTERNAL_ERROR
+            )
+        if frame.message_id is nns.MessageId.HANDSHAKE_DONE:
+            self._peer_done = True
+        context = self.context
+        if context.complete:
+            if frame.message_id is nns.MessageId.HANDSHAKE_IN_PROGRESS:
+                raise FramingError("the peer sent another handshake token after our context was complete")
+        else:
+            if not frame.payload:
+                raise FramingError("the peer sent an empty handshake token while authentication was still running")
+            token = context.step(frame.payload)
+            if context.complete:
+                if context.is_server:
+                    # The server always ends with HandshakeDone, empty when it has no final token.
+                    self._outgoing += nns.encode_handshake(nns.MessageId.HANDSHAKE_DONE, token or b"")
+                    self._peer_done = True
+                elif token is not None:
+                    self._outgoing += nns.encode_handshake(nns.MessageId.HANDSHAKE_DONE, token)
+            elif token is None:
+                raise AuthenticationError(
+                    "authentication is incomplete but produced no token to send", status=SEC_E_INTERNAL_ERROR
+                )
+            else:
+                self._outgoing += nns.encode_handshake(nns.MessageId.HANDSHAKE_IN_PROGRESS, token)
+        if context.complete and self._peer_done:
+            self._establish()
+
+    def _establish(self) -> None:
+        context = self.context
+        level = context.protection_level
+        self.info = SessionInfo(
+            protocol=context.negotiated_protocol,
+            protection_level=level,
+            peer_identity=context.peer_identity,
+            mutually_authenticated=context.is_mutually_authenticated,
+            is_server=context.is_server,
+            shares_crypto_state=context.shares_crypto_state,
+            sizes=context.stream_sizes(self._codec.max_plaintext),
+            framing=self.framing,
+        )
+        self._framed = level is not ProtectionLevel.NONE
+        self._state = State.ESTABLISHED
+        self._pending.append(HandshakeComplete(self.info))
+
+    # -- receive side -----------------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes received from the peer; ``b""`` means the peer closed (EOF).
+
+        After calling this you should call :meth:`next_event` until it returns :data:`NEED_DATA`.
+        """
+        self._check_usable("receive")
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("receive_data() called with data after EOF was signalled")
+        self._buffer += data
+
+    def next_event(self) -> Event | _NeedData:
+        """Parse the next event from the received bytes, or return :data:`NEED_DATA`.
+
+        After calling this you must call :meth:`data_to_send` and send the result (handshake replies). Raises a
+        :class:`NegotiateError` on failure; the connection is then broken (later calls raise
+        :class:`BrokenStreamError`), and during the handshake :meth:`data_to_send` holds an Error frame.
+        """
+        if self._pending:
+            return self._pending.pop(0)
+        self._check_usable("receive")
+        try:
+            if self._state is State.HANDSHAKING:
+                return self._next_handshake_event()
+            return self._next_data_event()
+        except NegotiateError as exc:
+            self._fail_handshake(exc)
+            raise
+
+    def _next_handshake_event(self) -> Event | _NeedData:
+        while self._state is State.HANDSHAKING:
+            parsed = nns.parse_handshake(self._buffer, self._pos)
+            if parsed is None:
+                if self._eof:
+                    raise TruncatedStreamError(
+                        "the peer closed the connection during the handshake: it probably rejected our "
+                        "authentication without sending an error (check credentials and protection level)"
+                    )
+                return NEED_DATA
+            frame, self._pos = parsed
+            self._handle_handshake(frame)
+        self._compact()
+        return self._pending.pop(0) if self._pending else self._next_data_event()
+
+    def _next_data_event(self) -> Event | _NeedData:
+        buffer, pos = self._buffer, self._pos
+        available = len(buffer) - pos
+        if not self._framed:
+            if available:
+                data = bytes(buffer[pos:])
+                buffer.clear()
+                self._pos = 0
+                return Data(data)
+            return EndOfStream() if self._eof else NEED_DATA
+        codec = self._codec
+        while available >= 4:
+            end = pos + 4 + codec.payload_length(buffer, pos)
+            if len(buffer) < end:
+                break
+            with memoryview(buffer) as view:
+                payload = bytes(view[pos + 4 : end])
+            self._pos = pos = end
+            self._compact()
+            plaintext = self.context.unprotect(payload)
+            if plaintext:
+                return Data(plaintext)
+            # An empty record (a peer may send one) carries no event: keep parsing.
+            buffer, pos = self._buffer, self._pos
+            available = len(buffer) - pos
+        if self._eof:
+            if available:
+                raise TruncatedStreamError(
+                    f"the peer closed the connection in the middle of a {codec.name} record "
+                    f"({available} bytes of it received): the data was truncated"
+                )
+            return EndOfStream()
+        return NEED_DATA
+
+    def _compact(self) -> None:
+        if self._pos == len(self._buffer):
+            self._buffer.clear()
+            self._pos = 0
+        elif self._pos >= _COMPACT_THRESHOLD:
+            del self._buffer[: self._pos]
+            self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events (at most one partial record)."""
+        return len(self._buffer) - self._pos
+
+    def data_to_send(self) -> bytes:
+        """Return (and forget) handshake bytes waiting to be sent to the peer; ``b""`` if none."""
+        out = bytes(self._outgoing)
+        self._outgoing.clear()
+        return out
+
+    # -- send side ---------------------------------------------------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Protect ``data`` and return the wire bytes to write (one or more records; ``b""`` for empty data).
+
+        Raises :class:`LocalProtocolError` before the handshake completes, :class:`StreamClosedError` after
+        :meth:`close`, :class:`BrokenStreamError` once broken.
+        """
+        if self._state is not State.ESTABLISHED:
+            if self._state is State.HANDSHAKING:
+                raise LocalProtocolError("cannot send application data before the handshake completes")
+            self._check_usable("send")
+        if not data:
+            return b""
+        if not self._framed:
+            return bytes(data)
+        codec = self._codec
+        protect = self.context.protect
+        limit = codec.max_plaintext
+        try:
+            if len(data) <= limit:
+                payload = protect(bytes(data))
+                return codec.encode_header(len(payload)) + payload
+            parts = []
+            for chunk in nns.split_plaintext(data, limit):
+                payload = protect(bytes(chunk))
+                parts.append(codec.encode_header(len(payload)))
+                parts.append(payload)
+            return b"".join(parts)
+        except NegotiateError as exc:
+            self._break(exc)
+            raise
+
+    def __repr__(self) -> str:
+        role = "server" if self.context.is_server else "client"
+        return f"<Connection {role} framing={self.framing} state={self._state.value}>"
