@@ -19,12 +19,15 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import spnego
 import spnego.exceptions as spnego_errors
 from spnego import ContextReq
 from spnego.channel_bindings import GssChannelBindings
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 from .errors import (
     SEC_E_INVALID_TOKEN,
@@ -79,9 +82,7 @@ class ProtectionLevel(str, enum.Enum):
         try:
             return cls(aliases.get(key, key))
         except ValueError:
-            raise ValueError(
-                f"unknown protection level {value!r}: use 'none', 'sign' or 'encrypt_and_sign'"
-            ) from None
+            raise ValueError(f"unknown protection level {value!r}: use 'none', 'sign' or 'encrypt_and_sign'") from None
 
 
 _RANKS = {ProtectionLevel.NONE: 0, ProtectionLevel.SIGN: 1, ProtectionLevel.ENCRYPT_AND_SIGN: 2}
@@ -220,9 +221,7 @@ def _handshake_error(exc: BaseException, server_side: bool) -> NegotiateError:
         )
     if isinstance(exc, spnego_errors.NoCredentialError | spnego_errors.OperationNotAvailableError):
         where = "acceptor credentials (NTLM user file or keytab)" if server_side else "client credentials"
-        return AuthenticationError(
-            f"no usable {where}: {_pyspnego_context(exc)}", status=SEC_E_NO_CREDENTIALS
-        )
+        return AuthenticationError(f"no usable {where}: {_pyspnego_context(exc)}", status=SEC_E_NO_CREDENTIALS)
     if isinstance(exc, spnego_errors.SpnegoError):
         who = "the client's" if server_side else "our"
         return AuthenticationError(
@@ -286,9 +285,7 @@ class SecurityContext:
                 status=SEC_E_NO_CREDENTIALS,
             ) from exc
 
-    def _new_client(
-        self, service: str, host: str, bindings: GssChannelBindings | None, context_req: ContextReq
-    ) -> Any:
+    def _new_client(self, service: str, host: str, bindings: GssChannelBindings | None, context_req: ContextReq) -> Any:
         creds = self._credentials
         username: Any = creds.principal
         if creds.ccache is not None:
@@ -303,9 +300,7 @@ class SecurityContext:
             protocol=self.requested_protocol,
         )
 
-    def _new_server(
-        self, service: str, host: str, bindings: GssChannelBindings | None, context_req: ContextReq
-    ) -> Any:
+    def _new_server(self, service: str, host: str, bindings: GssChannelBindings | None, context_req: ContextReq) -> Any:
         creds = self._credentials
         credentials: Any = None
         if creds.keytab is not None:
@@ -321,14 +316,19 @@ class SecurityContext:
             )
 
     @classmethod
-    def client(cls, **options: Any) -> SecurityContext:
+    def client(cls, **options: Unpack[ContextOptions]) -> SecurityContext:
         """An initiator; see :class:`ContextOptions` for the keyword options."""
         return cls(server_side=False, **options)
 
     @classmethod
-    def server(cls, **options: Any) -> SecurityContext:
+    def server(cls, **options: Unpack[ContextOptions]) -> SecurityContext:
         """An acceptor; see :class:`ContextOptions` for the keyword options."""
         return cls(server_side=True, **options)
+
+    @classmethod
+    def create(cls, server_side: bool, **options: Unpack[ContextOptions]) -> SecurityContext:
+        """A client or server context; what every adapter calls with its keyword options."""
+        return cls(server_side=server_side, **options)
 
     # -- handshake ---------------------------------------------------------------------------------------------
 
@@ -422,7 +422,8 @@ class SecurityContext:
                 return bytes(unwrap(payload).data)
 
         else:
-            protect = unprotect = self._no_protection
+            self._protect = self._unprotect = self._no_protection
+            return
         self._protect, self._unprotect = protect, unprotect
 
     @staticmethod

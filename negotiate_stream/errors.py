@@ -125,7 +125,7 @@ class StreamClosedError(LocalProtocolError):
 class AuthenticationError(NegotiateError):
     """The handshake failed: credentials rejected, policy not met, or the peer reported a failure."""
 
-    default_status = SEC_E_LOGON_DENIED
+    default_status: int | None = SEC_E_LOGON_DENIED
 
 
 class HandshakeError(AuthenticationError):

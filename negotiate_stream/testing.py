@@ -73,7 +73,10 @@ class NTLMUsers:
         return [f"{d}\\{u}" for d, u in self._accounts]
 
     def client_credentials(self, name: str | None = None, *, password: str | None = None) -> Credentials:
-        """Client credentials for account ``name`` (default: the first); ``password`` overrides (wrong-password tests)."""
+        """Client credentials for account ``name`` (default: the first).
+
+        ``password`` overrides the account's password (for wrong-password tests).
+        """
         domain, user = self._split(name) if name else next(iter(self._accounts))
         actual = password if password is not None else self._accounts[(domain, user)]
         return Credentials(username=user, password=actual, domain=domain)

@@ -146,9 +146,7 @@ def parse_handshake(buffer: bytes | bytearray | memoryview, start: int = 0) -> t
             "the peer does not speak .NET NegotiateStream, or the stream is out of step"
         )
     if available >= 3 and (buffer[start + 1], buffer[start + 2]) != _VERSION:
-        raise FramingError(
-            f"unsupported MS-NNS version {buffer[start + 1]}.{buffer[start + 2]} (only 1.0 exists)"
-        )
+        raise FramingError(f"unsupported MS-NNS version {buffer[start + 1]}.{buffer[start + 2]} (only 1.0 exists)")
     if available < HANDSHAKE_HEADER_SIZE:
         return None
     _, _, _, size = _HANDSHAKE_HEADER.unpack_from(buffer, start)
@@ -181,7 +179,7 @@ class NNSRecordCodec:
                 f"MS-NNS data record announces {length} bytes; valid lengths are {MIN_RECORD_PAYLOAD} to "
                 f"{MAX_RECORD_PAYLOAD}: the peer is not a NegotiateStream, or the stream is corrupted"
             )
-        return length
+        return int(length)
 
     def parse(self, buffer: bytes | bytearray | memoryview, start: int = 0) -> tuple[bytes, int] | None:
         """Parse one record at ``buffer[start:]``: ``(payload, end)``, ``None`` if incomplete, or FramingError."""

@@ -71,7 +71,7 @@ class SaslRecordCodec:
                 f"SASL security-layer buffer announces {length} bytes; valid lengths are 1 to {self.max_payload} "
                 "(our max buffer): the peer is not using the negotiated security layer, or the stream is corrupted"
             )
-        return length
+        return int(length)
 
     def parse(self, buffer: bytes | bytearray | memoryview, start: int = 0) -> tuple[bytes, int] | None:
         """Parse one record at ``buffer[start:]``: ``(token, end)``, ``None`` if incomplete, or FramingError."""
@@ -109,9 +109,7 @@ def encode_layer_message(offer: LayerOffer) -> bytes:
 def decode_layer_message(message: bytes) -> LayerOffer:
     """Decode an unwrapped RFC 4752 layer message; FramingError if it is shorter than 4 bytes or has no layer."""
     if len(message) < 4:
-        raise FramingError(
-            f"SASL GSSAPI security-layer message has {len(message)} bytes; RFC 4752 requires at least 4"
-        )
+        raise FramingError(f"SASL GSSAPI security-layer message has {len(message)} bytes; RFC 4752 requires at least 4")
     layers = message[0] & 0x07
     if layers == 0:
         raise FramingError(f"SASL GSSAPI security-layer message offers no known layer (bitmask 0x{message[0]:02X})")
