@@ -192,10 +192,16 @@ class Connection:
         if self._state is State.CLOSED:
             raise StreamClosedError(f"cannot {side}: the stream was closed by this side")
 
-    def _break(self, exc: BaseException) -> None:
+    def mark_broken(self, exc: BaseException) -> None:
+        """Declare the stream broken by an I/O-layer failure (e.g. a write interrupted mid-record).
+
+        Every later call raises :class:`BrokenStreamError` chained to ``exc``. The first cause is kept.
+        """
         if self._state is not State.BROKEN:
             self._state = State.BROKEN
             self._broken_cause = exc
+
+    _break = mark_broken
 
     def _guarded(self, action: object) -> None:
         try:

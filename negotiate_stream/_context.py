@@ -131,7 +131,20 @@ class StreamSizes:
 
 
 class ContextOptions(TypedDict, total=False):
-    """Keyword options accepted by every adapter to build a :class:`SecurityContext`."""
+    """Keyword options accepted by every adapter to build a :class:`SecurityContext`.
+
+    - ``credentials``: who we are (:class:`Credentials`); default: the environment (ticket cache, user file).
+    - ``target``: the service principal name of the server, ``service/host`` (default ``host/localhost``; the
+      connection helpers default to ``host/<the host you connect to>``). A bare host name means ``host/<name>``.
+    - ``protocol``: ``"negotiate"`` (SPNEGO: Kerberos, else NTLM; default), ``"ntlm"`` or ``"kerberos"``.
+    - ``protection_level``: ``"encrypt_and_sign"`` (default), ``"sign"`` or ``"none"``. On a server it is the
+      minimum accepted; a client asking for more gets more (as in .NET).
+    - ``channel_bindings``: ``tls-server-end-point`` application data (see :mod:`negotiate_stream.channel_bindings`).
+    - ``require_mutual_auth``: fail the handshake unless the server proved its identity (Kerberos).
+    - ``allow_ntlm_fallback``: with ``"negotiate"``, set False to refuse NTLM (fails before credentials are sent).
+    - ``ntlm_seal_sign_only``: at protection level ``"sign"`` with NTLM, seal the records as gss-ntlmssp does (.NET
+      on Linux/macOS) instead of the Windows layout (signature + plaintext). Both sides must agree.
+    """
 
     credentials: Credentials | None
     target: str
@@ -140,11 +153,12 @@ class ContextOptions(TypedDict, total=False):
     channel_bindings: bytes | None
     require_mutual_auth: bool
     allow_ntlm_fallback: bool
+    ntlm_seal_sign_only: bool
 
 
 # pyspnego's NTLM acceptor only reads credentials from $NTLM_USER_FILE at step time; an explicit per-server file is
 # swapped into the environment around each acceptor step under this lock, and restored afterwards.
-_ENV_LOCK = threading.Lock()
+_ENV_LOCK = threading.RLock()  # re-entrant: an acceptor swaps NTLM_USER_FILE and KRB5_KTNAME together
 
 
 @contextmanager
@@ -222,6 +236,9 @@ def _handshake_error(exc: BaseException, server_side: bool) -> NegotiateError:
     if isinstance(exc, spnego_errors.NoCredentialError | spnego_errors.OperationNotAvailableError):
         where = "acceptor credentials (NTLM user file or keytab)" if server_side else "client credentials"
         return AuthenticationError(f"no usable {where}: {_pyspnego_context(exc)}", status=SEC_E_NO_CREDENTIALS)
+    kerberos_problem = _kerberos_problem(_pyspnego_context(exc))
+    if kerberos_problem is not None:
+        return kerberos_problem
     if isinstance(exc, spnego_errors.SpnegoError):
         who = "the client's" if server_side else "our"
         return AuthenticationError(
@@ -233,6 +250,39 @@ def _handshake_error(exc: BaseException, server_side: bool) -> NegotiateError:
         f"the peer sent a malformed authentication token ({type(exc).__name__}: {exc})",
         status=SEC_E_INVALID_TOKEN,
     )
+
+
+# MIT Kerberos messages that name a configuration problem rather than bad credentials.
+_KERBEROS_PROBLEMS = (
+    (
+        "not found in Kerberos database",
+        0x80090303,  # SEC_E_TARGET_UNKNOWN
+        "the KDC does not know the target service principal: check `target` (service/host, e.g. "
+        "HTTP/web.example.com) and that this SPN is registered",
+    ),
+    (
+        "Cannot find KDC",
+        0x80090311,  # SEC_E_NO_AUTHENTICATING_AUTHORITY
+        "no KDC is configured for the realm: check krb5.conf (KRB5_CONFIG) or DNS SRV records",
+    ),
+    (
+        "Cannot contact any KDC",
+        0x80090311,
+        "the realm's KDC does not answer: check that it runs and is reachable",
+    ),
+    (
+        "Clock skew too great",
+        0x80090324,  # SEC_E_TIME_SKEW
+        "the clocks of this host and the KDC or peer differ too much: synchronise them",
+    ),
+)
+
+
+def _kerberos_problem(text: str) -> AuthenticationError | None:
+    for marker, status, advice in _KERBEROS_PROBLEMS:
+        if marker in text:
+            return AuthenticationError(f"Kerberos failed: {advice} ({text})", status=status)
+    return None
 
 
 def _pyspnego_context(exc: BaseException) -> str:
@@ -257,6 +307,7 @@ class SecurityContext:
         channel_bindings: bytes | None = None,
         require_mutual_auth: bool = False,
         allow_ntlm_fallback: bool = True,
+        ntlm_seal_sign_only: bool = False,
     ) -> None:
         if protocol not in _PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}: use 'negotiate', 'ntlm' or 'kerberos'")
@@ -266,6 +317,7 @@ class SecurityContext:
         self.required_protection_level = ProtectionLevel.parse(protection_level)
         self.require_mutual_auth = require_mutual_auth
         self.allow_ntlm_fallback = allow_ntlm_fallback
+        self.ntlm_seal_sign_only = ntlm_seal_sign_only
         self._credentials = credentials or Credentials()
         self._protection_level: ProtectionLevel | None = None
         self._protect: Callable[[bytes], bytes] = self._not_ready
@@ -284,13 +336,29 @@ class SecurityContext:
                 f"{_pyspnego_context(exc)}",
                 status=SEC_E_NO_CREDENTIALS,
             ) from exc
+        except Exception as exc:
+            if not type(exc).__module__.startswith("krb5"):
+                raise
+            # pyspnego's kinit for a password or client keytab raises the krb5 package's own error.
+            problem = _kerberos_problem(str(exc))
+            if problem is not None:
+                raise problem from exc
+            raise AuthenticationError(
+                f"the Kerberos KDC refused to issue a ticket for {self._credentials.principal!r}: {exc}; check the "
+                "user principal (user@REALM), the password or keytab, and that the KDC of the realm is reachable",
+                status=SEC_E_LOGON_DENIED,
+            ) from exc
 
     def _new_client(self, service: str, host: str, bindings: GssChannelBindings | None, context_req: ContextReq) -> Any:
         creds = self._credentials
         username: Any = creds.principal
+        if creds.password is not None and creds.domain and creds.username and not {"\\", "@"} & set(creds.username):
+            username = self._domain_user_credentials(creds.username, creds.domain, creds.password)
         if creds.ccache is not None:
             username = spnego.KerberosCCache(ccache=creds.ccache, principal=creds.principal)
-        return spnego.client(
+        elif creds.keytab is not None:  # a client keytab: pyspnego gets a ticket for the principal from it
+            username = spnego.KerberosKeytab(keytab=creds.keytab, principal=creds.principal)
+        context = spnego.client(
             username,
             creds.password,
             hostname=host,
@@ -299,20 +367,42 @@ class SecurityContext:
             context_req=context_req,
             protocol=self.requested_protocol,
         )
+        if self.requested_protocol == "ntlm" and self.required_protection_level is ProtectionLevel.NONE:
+            # Without sign/seal pyspnego still offers KEY_EXCH and then sends a 1-byte EncryptedRandomSessionKey,
+            # which gss-ntlmssp (.NET on Linux) and Samba reject with a logon failure. Windows/.NET clients do not
+            # offer KEY_EXCH at ProtectionLevel.None (captures/ntlm-none-hello.txt): neither do we.
+            from spnego._ntlm_raw.messages import NegotiateFlags
+
+            context._context_req &= ~NegotiateFlags.key_exch
+        return context
+
+    def _domain_user_credentials(self, user: str, domain: str, password: str) -> Any:
+        """``username`` + ``domain`` as in .NET: ``user@DOMAIN`` for Kerberos, ``DOMAIN\\user`` for NTLM.
+
+        pyspnego hands one user name to both mechanisms and Kerberos cannot parse ``DOMAIN\\user``; an NTLM-only
+        hash credential listed first keeps the NTLM form while the password credential serves Kerberos.
+        """
+        kerberos = spnego.Password(username=f"{user}@{domain.upper()}", password=password)
+        if self.requested_protocol == "kerberos":
+            return kerberos
+        if self.requested_protocol == "ntlm":
+            return f"{domain}\\{user}"
+        from spnego._ntlm_raw.crypto import ntowfv1  # hashing only; still inside the pyspnego border
+
+        ntlm = spnego.NTLMHash(username=f"{domain}\\{user}", nt_hash=ntowfv1(password).hex())
+        return [ntlm, kerberos]
 
     def _new_server(self, service: str, host: str, bindings: GssChannelBindings | None, context_req: ContextReq) -> Any:
         creds = self._credentials
-        credentials: Any = None
-        if creds.keytab is not None:
-            credentials = spnego.KerberosKeytab(keytab=creds.keytab, principal=creds.principal)
-        with _environment("NTLM_USER_FILE", creds.ntlm_user_file):
+        # pyspnego's KerberosKeytab only serves initiators (a kinit from a keytab); an acceptor gets its keytab
+        # the MIT way, from $KRB5_KTNAME, which GSSAPI reads when the acceptor credential is acquired (here).
+        with _environment("NTLM_USER_FILE", creds.ntlm_user_file), _environment("KRB5_KTNAME", creds.keytab):
             return spnego.server(
                 hostname=host,
                 service=service,
                 channel_bindings=bindings,
                 context_req=context_req,
                 protocol=self.requested_protocol,
-                credentials=credentials,
             )
 
     @classmethod
@@ -345,10 +435,12 @@ class SecurityContext:
         (:class:`ProtectionLevelError`) and, if asked, mutual authentication (:class:`AuthenticationError`).
         """
         try:
-            with _environment("NTLM_USER_FILE", self._credentials.ntlm_user_file if self.is_server else None):
+            acceptor = self._credentials if self.is_server else Credentials()
+            # SPNEGO acceptors build their mechanism contexts at the first step: both variables must be in place.
+            with _environment("NTLM_USER_FILE", acceptor.ntlm_user_file), _environment("KRB5_KTNAME", acceptor.keytab):
                 out = self._ctx.step(in_token)
         except Exception as exc:  # pyspnego raises SpnegoError, ValueError, struct.error... on bad tokens
-            raise _handshake_error(exc, self.is_server) from exc
+            raise _handshake_error(self._deferred_gss_error() or exc, self.is_server) from exc
         if not self.allow_ntlm_fallback and self.negotiated_protocol == "ntlm":
             raise AuthenticationError(
                 "the peer offered only NTLM but NTLM fallback is disabled (allow_ntlm_fallback=False); "
@@ -358,6 +450,23 @@ class SecurityContext:
         if self._ctx.complete and self._protection_level is None:
             self._finish()
         return bytes(out) if out is not None else None
+
+    def _deferred_gss_error(self) -> BaseException | None:
+        """The GSSAPI error hidden behind a failed Kerberos acceptor step, translated by pyspnego, if any.
+
+        pyspnego asks python-gssapi to defer step errors (to return the KRB-ERROR token); a failed accept (bad
+        channel bindings, unknown key, replay...) then surfaces as an AttributeError on the half-built context.
+        """
+        try:
+            deferred = getattr(getattr(self._mechanism(), "_context", None), "_last_err", None)
+        except Exception:  # SPNEGO has not chosen a mechanism yet
+            return None
+        if not isinstance(deferred, Exception):
+            return None
+        try:
+            return spnego_errors.SpnegoError(base_error=deferred)  # picks the subclass (BadBindingsError, ...)
+        except ValueError:
+            return deferred
 
     def _finish(self) -> None:
         attr = self._ctx.context_attr
@@ -382,9 +491,18 @@ class SecurityContext:
         self._protection_level = level
         self._bind_protection(level)
 
+    def _mechanism(self) -> Any:
+        """The pyspnego proxy of the negotiated mechanism (NTLMProxy or GSSAPIProxy), skipping SPNEGO's wrapper.
+
+        Only a NegotiateProxy's ``_context`` is the chosen mechanism's proxy; a GSSAPIProxy's ``_context`` is the
+        raw python-gssapi context, whose wrap() returns another type, so it is never unwrapped.
+        """
+        inner = getattr(self._ctx, "_context", None)
+        return inner if isinstance(inner, spnego.ContextProxy) else self._ctx
+
     def _bind_protection(self, level: ProtectionLevel) -> None:
         # Choose the per-record functions once, so the hot path has no branching on level or mechanism.
-        inner = getattr(self._ctx, "_context", self._ctx)  # NegotiateProxy delegates to the chosen mech
+        inner = self._mechanism()
         wrap, unwrap = inner.wrap, inner.unwrap
         if level is ProtectionLevel.ENCRYPT_AND_SIGN:
 
@@ -397,7 +515,7 @@ class SecurityContext:
                     raise IntegrityError("received an unencrypted record on an encrypted stream (downgrade attempt)")
                 return bytes(result.data)
 
-        elif level is ProtectionLevel.SIGN and self.negotiated_protocol == "ntlm":
+        elif level is ProtectionLevel.SIGN and self.negotiated_protocol == "ntlm" and not self.ntlm_seal_sign_only:
             # pyspnego's NTLM wrap(encrypt=False) still seals: sign-only is signature + plaintext, as in .NET.
             sign, verify = inner.sign, inner.verify
 
@@ -412,6 +530,8 @@ class SecurityContext:
                 return data
 
         elif level is ProtectionLevel.SIGN:
+            # Kerberos: RFC 4121 integrity-only tokens. NTLM with ntlm_seal_sign_only: pyspnego's wrap() seals,
+            # which is what gss-ntlmssp (.NET on Linux/macOS) puts on the wire at ProtectionLevel.Sign.
 
             def protect(data: bytes) -> bytes:
                 return bytes(wrap(data, False).data)
@@ -465,6 +585,49 @@ class SecurityContext:
                 f"{_pyspnego_context(exc)}"
             ) from exc
 
+    def wrap_message(self, message: bytes, *, encrypt: bool = False) -> bytes:
+        """Wrap one message outside the record stream, e.g. the RFC 4752 SASL GSSAPI security-layer message.
+
+        Returns a GSS wrap token, sealed only if ``encrypt`` (RFC 4752 wants ``conf_flag`` false). It shares the
+        context's sequence numbers with :meth:`protect`, so call it in protocol order. Raises
+        :class:`LocalProtocolError` before the handshake completes, :class:`IntegrityError` if wrapping fails.
+        """
+        if self._protection_level is None:
+            raise LocalProtocolError("cannot wrap a message before the security context is established")
+        try:
+            return bytes(self._mechanism().wrap(message, encrypt).data)
+        except Exception as exc:
+            raise IntegrityError(f"cannot wrap the message: {_pyspnego_context(exc)}", status=None) from exc
+
+    def unwrap_message(self, token: bytes) -> bytes:
+        """Verify (and decrypt, if sealed) one wrap token made by the peer's :meth:`wrap_message`.
+
+        Raises :class:`IntegrityError` if the token fails verification (the context is then unusable).
+        """
+        if self._protection_level is None:
+            raise LocalProtocolError("cannot unwrap a message before the security context is established")
+        try:
+            return bytes(self._mechanism().unwrap(token).data)
+        except Exception as exc:
+            raise IntegrityError(f"the peer's wrapped message failed verification: {_pyspnego_context(exc)}") from exc
+
+    def select_protection_level(self, level: ProtectionLevel | str) -> None:
+        """Protect the records from now on at ``level``, which both sides agreed out of band.
+
+        SASL GSSAPI (RFC 4752) chooses the security layer after the context is established, and MIT Kerberos
+        always grants confidentiality, so the negotiated level can be higher than the agreed layer. ``level`` may
+        not exceed the negotiated level (:class:`ProtectionLevelError`) nor fall below the required one.
+        """
+        chosen = ProtectionLevel.parse(level)
+        negotiated = self.protection_level
+        if chosen.rank > negotiated.rank or chosen.rank < self.required_protection_level.rank:
+            raise ProtectionLevelError(
+                f"cannot use protection level {chosen.value!r}: the context negotiated {negotiated.value!r} and "
+                f"{self.required_protection_level.value!r} is required"
+            )
+        self._protection_level = chosen
+        self._bind_protection(chosen)
+
     # -- negotiated properties --------------------------------------------------------------------------------
 
     @property
@@ -503,7 +666,7 @@ class SecurityContext:
         """True for NTLM without Extended Session Security: both directions share one RC4 state and counter."""
         if self.negotiated_protocol != "ntlm":
             return False
-        inner = getattr(self._ctx, "_context", self._ctx)
+        inner = self._mechanism()
         return not int(getattr(inner, "_context_attr", _NTLM_ESS_FLAG)) & _NTLM_ESS_FLAG
 
     def stream_sizes(self, max_message: int) -> StreamSizes:

@@ -1,0 +1,331 @@
+"""Ratios, target checks, and the table / JSON / PNG renderings of one benchmark run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._core import BenchConfig, Result
+
+__all__ = ["Report", "Target", "machine_info"]
+
+# Thresholds of the performance targets (issue 7).
+BULK_FLOOR_RATIO = 0.90
+PINGPONG_PLAIN_RATIO = 0.80
+HANDSHAKE_COST_RATIO = 1.30
+RSS_PER_CONNECTION_KIB = 100.0
+#: "Flat memory": RSS may move by at most this much (max - min of the samples) over the growth transfer.
+FLAT_RSS_MIB = 8.0
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU model, Python and OS of this machine, and the load average when the run started."""
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+    }
+
+
+@dataclass
+class Target:
+    """One performance target of the issue and whether this run met it."""
+
+    name: str
+    wanted: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+
+def _baseline_for(result: Result) -> str | None:
+    """The plain baseline of the same API family: ``ours.anyio-trio.bulk.sealed`` -> ``baseline.anyio-trio.bulk``."""
+    parts = result.name.split(".")
+    if result.group not in ("ours", "alternative") or len(parts) < 3:
+        return None
+    api, kind = parts[1], parts[2]
+    plain_api = {"jetblack": "asyncio-streams"}.get(api, api)
+    return f"baseline.{plain_api}.{kind}"
+
+
+@dataclass
+class Report:
+    """All results of one run, with ratios and target checks; render with :meth:`table` or :meth:`to_json`."""
+
+    config: BenchConfig
+    results: list[Result]
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    targets: list[Target] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._compute_ratios()
+        self.targets = self._check_targets()
+
+    def get(self, name: str) -> Result | None:
+        """The result called ``name`` if it ran successfully."""
+        for result in self.results:
+            if result.name == name and result.ok:
+                return result
+        return None
+
+    def _value(self, name: str) -> float | None:
+        result = self.get(name)
+        return result.value if result is not None else None
+
+    def io_ceiling(self, level: str) -> float | None:
+        """The best a single-threaded loopback can do at ``level``: the crypto floor plus plain asyncio's I/O cost.
+
+        ``1 / (1 / floor + 1 / plain)``: both ends' crypto *and* both ends' socket work run on one thread, so even a
+        zero-overhead adapter pays the kernel copies that ``baseline.asyncio-protocol.bulk`` measures.
+        """
+        floor = self._value(f"floor.context.{level}")
+        plain = self._value("baseline.asyncio-protocol.bulk")
+        if not floor or not plain:
+            return None
+        return 1.0 / (1.0 / floor + 1.0 / plain)
+
+    def _compute_ratios(self) -> None:
+        step_loop = self.get("floor.handshake.step-loop")
+        ceilings = {level: self.io_ceiling(level) for level in ("sealed", "sign")}
+        for result in self.results:
+            if not result.ok or result.value is None:
+                continue
+            if result.kind in ("bulk", "concurrent") and result.level in ("sealed", "sign"):
+                for key, floor_name in (("floor", "floor.context"), ("primitives", "floor.primitives")):
+                    floor = self._value(f"{floor_name}.{result.level}")
+                    if floor:
+                        result.ratios[key] = round(result.value / floor, 3)
+                ceiling = ceilings.get(result.level)
+                if ceiling and result.kind == "bulk" and result.group != "floor":
+                    result.ratios["io_ceiling"] = round(result.value / ceiling, 3)
+            baseline_name = _baseline_for(result)
+            baseline = self._value(baseline_name) if baseline_name else None
+            if baseline and result.kind in ("bulk", "pingpong"):
+                result.ratios["plain"] = round(result.value / baseline, 3)
+            small = self.get("floor.context.sealed-64B")
+            if result.kind == "pingpong" and result.level == "sealed" and baseline and small and small.value:
+                # Best possible: the plain round trip plus two 64-byte messages through both ends' crypto.
+                ceiling = 1.0 / (1.0 / baseline + 2.0 / small.value)
+                result.ratios["io_ceiling"] = round(result.value / ceiling, 3)
+            if result.kind == "handshake" and step_loop is not None and step_loop.value and result is not step_loop:
+                # A cost ratio: time per handshake relative to the bare step loop (lower is better).
+                result.ratios["cost_vs_step_loop"] = round(step_loop.value / result.value, 3)
+
+    def _check_targets(self) -> list[Target]:
+        targets: list[Target] = []
+
+        def ratio_target(title: str, wanted: str, names: list[str], key: str, ok: Any) -> None:
+            found = [(n, r) for n in names if (r := self.get(n)) is not None and key in r.ratios]
+            if not found:
+                targets.append(Target(title, wanted, "not measured", None))
+                return
+            for name, result in found:
+                ratio = result.ratios[key]
+                targets.append(Target(f"{title}: {name}", wanted, f"{ratio:.2f}x", bool(ok(ratio))))
+
+        apis = ["asyncio-protocol", "asyncio-streams", "anyio-asyncio", "anyio-trio", "sync"]
+        ratio_target(
+            "bulk sealed vs crypto floor",
+            f">= {BULK_FLOOR_RATIO:.2f}x",
+            [f"ours.{api}.bulk.sealed" for api in apis],
+            "floor",
+            lambda r: r >= BULK_FLOOR_RATIO,
+        )
+        ratio_target(
+            "bulk sign-only vs sign (HMAC) floor",
+            f">= {BULK_FLOOR_RATIO:.2f}x",
+            [f"ours.{api}.bulk.sign" for api in apis],
+            "floor",
+            lambda r: r >= BULK_FLOOR_RATIO,
+        )
+        ratio_target(
+            "64 B ping-pong (sealed) vs plain",
+            f">= {PINGPONG_PLAIN_RATIO:.2f}x",
+            [f"ours.{api}.pingpong.sealed" for api in apis],
+            "plain",
+            lambda r: r >= PINGPONG_PLAIN_RATIO,
+        )
+        ratio_target(
+            "handshake cost vs bare step loop",
+            f"<= {HANDSHAKE_COST_RATIO:.2f}x",
+            [
+                "ours.connection-in-memory.handshake",
+                "ours.asyncio-streams.handshake",
+                "ours.asyncio-protocol.handshake",
+            ],
+            "cost_vs_step_loop",
+            lambda r: r <= HANDSHAKE_COST_RATIO,
+        )
+        concurrent = [r for r in self.results if r.kind == "concurrent" and r.group == "ours" and r.ok]
+        if concurrent:
+            for result in concurrent:
+                per = float(result.extra.get("rss_kib_per_connection", 0.0))
+                targets.append(
+                    Target(
+                        f"RSS per sealed connection: {result.name}",
+                        f"< {RSS_PER_CONNECTION_KIB:.0f} KiB",
+                        f"{per:.1f} KiB",
+                        per < RSS_PER_CONNECTION_KIB,
+                    )
+                )
+        else:
+            targets.append(
+                Target("RSS per sealed connection", f"< {RSS_PER_CONNECTION_KIB:.0f} KiB", "not measured", None)
+            )
+        growth = self.get("ours.asyncio-streams.growth.sealed")
+        if growth is not None:
+            spread = float(growth.extra.get("rss_spread_mib", 0.0))
+            targets.append(
+                Target(
+                    f"flat memory over {growth.nbytes / 2**30:.2f} GiB",
+                    f"max - min RSS <= {FLAT_RSS_MIB:.0f} MiB",
+                    f"{spread:.2f} MiB",
+                    spread <= FLAT_RSS_MIB,
+                )
+            )
+        else:
+            targets.append(Target("flat memory", f"max - min RSS <= {FLAT_RSS_MIB:.0f} MiB", "not measured", None))
+        return targets
+
+    # -- renderings ------------------------------------------------------------------------------------------
+
+    def rows(self) -> list[list[str]]:
+        """The table rows: scenario, level, value, unit, ratios, verified, notes."""
+        rows = []
+        for result in self.results:
+            value = f"{result.value:,.1f}" if result.ok and result.value is not None else "-"
+            ratios = " ".join(f"{k}={v:.2f}" for k, v in result.ratios.items())
+            notes = result.status if not result.ok else _notes(result)
+            verified = {True: "yes", False: "NO", None: "-"}[result.verified]
+            rows.append([result.name, result.level, value, result.unit, ratios, verified, notes])
+        return rows
+
+    def table(self, markdown: bool = False) -> str:
+        """The results as an aligned text table (or a Markdown table), followed by the targets."""
+        header = ["scenario", "level", "value", "unit", "ratios", "verified", "notes"]
+        rows = self.rows()
+        lines: list[str] = []
+        if markdown:
+            lines.append("| " + " | ".join(header) + " |")
+            lines.append("|" + "|".join("---" for _ in header) + "|")
+            lines.extend("| " + " | ".join(row) + " |" for row in rows)
+        else:
+            widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+            fmt = "  ".join(f"{{:{'>' if i == 2 else '<'}{w}}}" for i, w in enumerate(widths))
+            lines.append(fmt.format(*header).rstrip())
+            lines.append("  ".join("-" * w for w in widths))
+            lines.extend(fmt.format(*row).rstrip() for row in rows)
+        lines.append("")
+        lines.append("targets:" if not markdown else "| target | wanted | measured | met |")
+        if markdown:
+            lines.append("|---|---|---|---|")
+        for target in self.targets:
+            met = {True: "yes", False: "MISSED", None: "-"}[target.met]
+            if markdown:
+                lines.append(f"| {target.name} | {target.wanted} | {target.measured} | {met} |")
+            else:
+                lines.append(f"  [{met:>6}] {target.name}: {target.measured} (want {target.wanted})")
+        ceilings = {level: self.io_ceiling(level) for level in ("sealed", "sign")}
+        if any(ceilings.values()):
+            lines.append("")
+            lines.append(
+                "io_ceiling = 1/(1/floor + 1/plain asyncio-protocol bulk), the best one thread can do with both ends' "
+                "crypto and socket work: "
+                + ", ".join(f"{level} {value:,.1f} MB/s" for level, value in ceilings.items() if value)
+            )
+        info = self.machine
+        lines.append("")
+        lines.append(
+            f"machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}, "
+            f"load at start {info['loadavg_at_start']}; run took {self.seconds:.1f} s; MB = 10^6 bytes"
+        )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole report as JSON-ready values."""
+        return {
+            "machine": self.machine,
+            "config": self.config.to_json(),
+            "seconds": round(self.seconds, 2),
+            "io_ceiling_mbps": {level: self.io_ceiling(level) for level in ("sealed", "sign")},
+            "results": [result.to_json() for result in self.results],
+            "targets": [target.__dict__ for target in self.targets],
+        }
+
+    def write_json(self, path: str) -> None:
+        """Write :meth:`to_json` to ``path``."""
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_json(), handle, indent=2)
+            handle.write("\n")
+
+    def plot(self, path: str) -> bool:
+        """Write a PNG bar chart of the bulk MB/s figures; False (nothing written) without matplotlib."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return False
+        bars = [r for r in self.results if r.ok and r.unit == "MB/s" and r.kind in ("bulk", "crypto")]
+        colours = {"floor": "#888888", "baseline": "#4c72b0", "ours": "#dd8452", "alternative": "#55a868"}
+        figure, axis = plt.subplots(figsize=(10, 0.32 * len(bars) + 1.5))
+        names = [r.name for r in bars]
+        axis.barh(names, [r.value or 0.0 for r in bars], color=[colours.get(r.group, "#333333") for r in bars])
+        axis.invert_yaxis()
+        axis.set_xscale("log")
+        axis.set_xlabel("MB/s (log scale; one direction, both ends' work in one process)")
+        info = self.machine
+        axis.set_title(f"negotiate-stream bench: {info['nproc']} cores, {info['cpu']}, Python {info['python']}")
+        for index, result in enumerate(bars):
+            axis.text(result.value or 0.0, index, f" {result.value:,.0f}", va="center", fontsize=7)
+        axis.tick_params(axis="y", labelsize=7)
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        return True
+
+
+def _notes(result: Result) -> str:
+    extra = result.extra
+    parts = []
+    if "protect_mbps" in extra:
+        parts.append(f"protect {extra['protect_mbps']:,.0f} / unprotect {extra['unprotect_mbps']:,.0f} MB/s")
+    if "us_per_message" in extra:
+        parts.append(f"{extra['us_per_message']:.1f} us per 64 B message")
+    if "us_per_round_trip" in extra:
+        parts.append(f"{extra['us_per_round_trip']:.1f} us per round trip")
+    if "ms_per_handshake" in extra:
+        parts.append(f"{extra['ms_per_handshake']:.2f} ms each")
+    if "rss_kib_per_connection" in extra:
+        parts.append(
+            f"{extra['connections']} conns, RSS/conn {extra['rss_kib_per_connection']:.1f} KiB streaming, "
+            f"{extra.get('rss_kib_per_idle_connection', 0.0):.1f} KiB idle"
+        )
+    if "rss_spread_mib" in extra:
+        parts.append(
+            f"RSS spread {extra['rss_spread_mib']:.2f} MiB over {len(extra.get('rss_samples_mib', []))} samples"
+        )
+    if "note" in extra:
+        parts.append(str(extra["note"]))
+    return "; ".join(parts)

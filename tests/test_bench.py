@@ -1,0 +1,204 @@
+"""The benchmark runs end to end in its smallest mode and produces a sane table and JSON (no timing asserted)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+
+import pytest
+
+from negotiate_stream._bench import BenchConfig, all_scenarios, run_bench
+from negotiate_stream._bench._core import KIB, WRITE_SIZE, StreamVerifier
+from negotiate_stream._bench._registry import matches, select
+
+TINY = BenchConfig.create(quick=True, scale=0.01)
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def report():
+    progress = io.StringIO()
+    result = run_bench(TINY, progress_stream=progress)
+    result.progress_text = progress.getvalue()  # type: ignore[attr-defined]
+    return result
+
+
+def test_every_scenario_is_reported_once(report):
+    names = [r.name for r in report.results]
+    assert names == [s.name for s in all_scenarios()]
+    assert len(set(names)) == len(names)
+    table = report.table()
+    for name in names:
+        assert name in table
+
+
+def test_measured_numbers_are_positive_and_data_verified(report):
+    for result in report.results:
+        assert not result.status.startswith("error"), (result.name, result.status)
+        if result.ok:
+            assert result.value > 0, result.name
+            assert result.verified is True, result.name
+            if result.kind in ("bulk", "crypto", "concurrent", "growth"):
+                assert result.nbytes > 0, result.name
+
+
+def test_nothing_of_ours_or_the_baselines_is_skipped_when_its_module_exists(report):
+    modules = {
+        "asyncio-protocol": "negotiate_stream.asyncio_",
+        "asyncio-streams": "negotiate_stream.asyncio_",
+        "anyio-asyncio": "negotiate_stream.anyio_",
+        "anyio-trio": "negotiate_stream.anyio_",
+        "sync": "negotiate_stream.sync",
+    }
+    for result in report.results:
+        if result.group in ("floor", "baseline", "reference"):
+            assert result.ok, (result.name, result.status)
+        elif result.group == "ours":
+            api = result.name.split(".")[1]
+            if api in modules and _available(modules[api]):
+                assert result.ok, (result.name, result.status)
+            else:
+                assert result.ok or result.status.startswith("skipped"), (result.name, result.status)
+        elif not _available("jetblack_negotiate_stream"):
+            assert result.status.startswith("skipped"), (result.name, result.status)
+
+
+def test_ratios_and_targets_are_computed(report):
+    floor = report.get("floor.context.sealed")
+    assert floor is not None
+    assert floor.extra["protect_mbps"] > 0
+    assert floor.extra["unprotect_mbps"] > 0
+    assert report.get("floor.primitives.sealed") is not None
+    assert report.get("floor.primitives.sign") is not None
+    in_memory = report.get("ours.connection-in-memory.handshake")
+    assert in_memory is not None and in_memory.ratios["cost_vs_step_loop"] > 0
+    for result in report.results:
+        if result.ok and result.group == "ours" and result.kind == "bulk" and result.level != "none":
+            assert result.ratios["floor"] > 0, result.name
+            if result.name.split(".")[1] != "connection-in-memory":
+                assert result.ratios["plain"] > 0, result.name
+    names = [t.name for t in report.targets]
+    assert any("crypto floor" in n for n in names)
+    assert any("flat memory" in n for n in names)
+    assert "targets:" in report.table()
+
+
+def test_json_round_trips_and_progress_was_written(report, tmp_path):
+    path = tmp_path / "bench.json"
+    report.write_json(str(path))
+    data = json.loads(path.read_text())
+    assert data["machine"]["nproc"] == os.cpu_count()
+    assert {r["name"] for r in data["results"]} == {r.name for r in report.results}
+    assert data["config"]["quick"] is True
+    assert "floor.context.sealed" in report.progress_text
+    assert report.progress_text.count("\n") >= len(report.results)
+
+
+def test_memory_scenarios_report_rss(report):
+    for result in report.results:
+        if result.ok and result.kind == "concurrent":
+            assert result.extra["connections"] == TINY.concurrent[result.name.endswith("large")]
+            assert "rss_kib_per_connection" in result.extra
+        if result.ok and result.kind == "growth":
+            assert result.extra["rss_samples_mib"], result.name
+
+
+def test_cli_writes_json_and_plot(tmp_path, capsys):
+    from negotiate_stream.cli import bench
+
+    out = tmp_path / "floor.json"
+    plot = tmp_path / "floor.png"
+    args = argparse.Namespace(
+        quick=True,
+        scale=0.01,
+        only="floor",
+        json=str(out),
+        plot=str(plot),
+        markdown=True,
+        list=False,
+        no_progress=True,
+        no_isolate=False,
+    )
+    assert bench.run(args) == 0
+    printed = capsys.readouterr()
+    assert "| floor.context.sealed |" in printed.out
+    assert {r["name"] for r in json.loads(out.read_text())["results"]} == {
+        s.name for s in select(all_scenarios(), ["floor"])
+    }
+    if _available("matplotlib"):
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert "matplotlib is not installed" in printed.err
+
+
+def test_unknown_selection_is_an_error(capsys):
+    from negotiate_stream.cli import bench
+
+    args = argparse.Namespace(
+        quick=True,
+        scale=0.01,
+        only="no-such-scenario",
+        json=None,
+        plot=None,
+        markdown=False,
+        list=False,
+        no_progress=True,
+        no_isolate=True,
+    )
+    assert bench.run(args) == 2
+    assert "no scenario matches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("selector", "name", "expected"),
+    [
+        ("floor", "floor.context.sealed", True),
+        ("sealed", "ours.sync.bulk.sealed", True),
+        ("anyio", "ours.anyio-trio.bulk.sealed", True),
+        ("asyncio", "ours.anyio-asyncio.bulk.sealed", False),
+        ("ours.sync", "ours.sync.pingpong.none", True),
+        ("*tls*", "baseline.tls-streams.bulk", True),
+        ("sync", "baseline.asyncio-streams.bulk", False),
+    ],
+)
+def test_selectors(selector, name, expected):
+    assert matches(name, selector) is expected
+
+
+def test_verifier_detects_corruption_loss_and_duplication():
+    block = bytes(range(256)) * (WRITE_SIZE // 256)
+    total = 8 * WRITE_SIZE
+
+    def feed(stream: bytes) -> StreamVerifier:
+        verifier = StreamVerifier(block, total, sample_every=WRITE_SIZE, window=4 * KIB)
+        for start in range(0, len(stream), 1000):  # chunks that straddle the windows
+            verifier.feed(stream[start : start + 1000])
+        return verifier
+
+    good = block * 8
+    assert feed(good).ok
+    corrupted = bytearray(good)
+    corrupted[3 * WRITE_SIZE + 100] ^= 1
+    assert not feed(bytes(corrupted)).ok
+    assert not feed(good[:-1]).ok
+    shifted = good[:WRITE_SIZE] + good[WRITE_SIZE + 16 :] + good[:16]  # 16 bytes lost, total kept
+    assert not feed(shifted).ok
+
+
+def test_config_scales_and_rejects_nonsense():
+    full = BenchConfig.create()
+    assert full.bulk_bytes == 256 * 1024 * 1024
+    assert full.concurrent == (100, 1_000)
+    assert full.growth_bytes == 1024 * 1024 * 1024
+    assert TINY.bulk_bytes % WRITE_SIZE == 0 and TINY.bulk_bytes >= WRITE_SIZE
+    with pytest.raises(ValueError):
+        BenchConfig.create(scale=0)
