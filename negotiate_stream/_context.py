@@ -93,7 +93,8 @@ class Credentials:
     """Who we are.
 
     Client: ``username`` + ``password`` (with ``domain``, or ``DOMAIN\\user`` / ``user@REALM`` in ``username``),
-    or nothing / ``ccache`` for the current Kerberos ticket cache.
+    or nothing / ``ccache`` for the current Kerberos ticket cache, or ``username`` + ``keytab`` (a client keytab).
+    With a separate ``domain``, Kerberos uses ``user@DOMAIN`` (upper-cased realm) and NTLM ``DOMAIN\\user``, as .NET.
     Server: ``ntlm_user_file`` (lines ``DOMAIN:USER:PASSWORD`` or smbpasswd-style hashes, see
     :func:`write_ntlm_user_file`) for NTLM, ``keytab`` for Kerberos; by default the ``NTLM_USER_FILE`` and
     ``KRB5_KTNAME`` environment variables are used, as with gss-ntlmssp and MIT Kerberos.

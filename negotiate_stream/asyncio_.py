@@ -86,7 +86,7 @@ class NegotiateTransport(asyncio.Transport):
 
     # -- writing -------------------------------------------------------------------------------------------------
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Protect ``data`` and queue its records, in one inner write (records never interleave).
 
         Raises :class:`StreamClosedError` after :meth:`close` and :class:`BrokenStreamError` after a failure.
@@ -198,7 +198,7 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
         self._view = memoryview(self._buffer)
         self._app_reading = True
         self._closed = False
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
         self._keep_open_after_eof = False
 
     # -- transport callbacks -------------------------------------------------------------------------------------
@@ -260,6 +260,8 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
 
     def _process(self) -> None:
         conn = self.connection
+        if conn.state in (State.BROKEN, State.CLOSED):
+            return  # closed by the app (or failed): late records are dropped, not an error
         try:
             while self._app_reading or self.app_transport is None:
                 event = conn.next_event()
@@ -313,7 +315,7 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
         if out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(out)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: Exception) -> None:
         """A fatal error: tell the peer (Error frame during the handshake), close, report to the app."""
         if self._error is None:
             self._error = exc
@@ -361,7 +363,7 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
 
 async def start_negotiate(
     transport: asyncio.BaseTransport,
-    protocol: asyncio.BaseProtocol,
+    app_protocol: asyncio.BaseProtocol,
     *,
     server_side: bool = False,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -372,7 +374,7 @@ async def start_negotiate(
 ) -> NegotiateTransport:
     """Upgrade an existing connection to a negotiate-protected one and return the new transport.
 
-    Mirrors :meth:`asyncio.loop.start_tls`: ``transport`` must not be used afterwards; ``protocol`` (by default
+    Mirrors :meth:`asyncio.loop.start_tls`: ``transport`` must not be used afterwards; ``app_protocol`` (by default
     not told via ``connection_made``) talks to the returned transport. ``initial_data`` are bytes the caller has
     already read past its plaintext preamble: they are fed to the handshake first. On failure the transport is
     closed and the typed error raised (:class:`AuthenticationError`, :class:`HandshakeTimeoutError`, ...).
@@ -387,7 +389,7 @@ async def start_negotiate(
         raise
     negotiator = NegotiateProtocol(
         connection,
-        protocol,
+        app_protocol,
         waiter=waiter,
         handshake_timeout=handshake_timeout,
         call_connection_made=call_connection_made,
@@ -436,7 +438,7 @@ async def open_connection(
 async def start_server(
     client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None],
     host: str | None = None,
-    port: int | None = None,
+    port: int = 0,
     *,
     limit: int = 2**16,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,

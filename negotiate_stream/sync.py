@@ -29,9 +29,7 @@ from ._context import SecurityContext
 from .errors import AuthenticationError, StreamClosedError
 
 if TYPE_CHECKING:
-    from collections.abc import Buffer
-
-    from typing_extensions import Unpack
+    from typing_extensions import Buffer, Unpack
 
     from ._context import ContextOptions
 

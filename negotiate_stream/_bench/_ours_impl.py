@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -83,12 +85,103 @@ async def _our_anyio_pair(ctx: Context, level: str) -> tuple[AnyioPipe, AnyioPip
 # -- asyncio Protocol --------------------------------------------------------------------------------------------
 
 
+class _AppSink(asyncio.Protocol):
+    """The application protocol receiving the bulk stream (verified plaintext) from a NegotiateProtocol."""
+
+    def __init__(self, verifier: StreamVerifier, done: asyncio.Future[None]) -> None:
+        self.verifier = verifier
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        self.verifier.feed(data)
+        if self.verifier.complete and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _protocol_pair(
+    ctx: Context, level: str, client_app: asyncio.BaseProtocol, server_app: asyncio.BaseProtocol
+) -> tuple[Any, Any, Cleanup]:
+    """Connect a client NegotiateProtocol to a server one over loopback; returns both app transports."""
+    module = require("negotiate_stream.asyncio_")
+    from .._connection import Connection
+    from .._context import SecurityContext
+
+    loop = asyncio.get_running_loop()
+    server_waiter: asyncio.Future[Any] = loop.create_future()
+    client_waiter: asyncio.Future[Any] = loop.create_future()
+
+    def server_factory() -> asyncio.BaseProtocol:
+        connection = Connection(SecurityContext.create(True, **options(ctx, level, True)))
+        protocol: asyncio.BaseProtocol = module.NegotiateProtocol(connection, server_app, waiter=server_waiter)
+        return protocol
+
+    def client_factory() -> asyncio.BaseProtocol:
+        connection = Connection(SecurityContext.create(False, **options(ctx, level, False)))
+        protocol: asyncio.BaseProtocol = module.NegotiateProtocol(connection, client_app, waiter=client_waiter)
+        return protocol
+
+    server = await loop.create_server(server_factory, LOCALHOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(client_factory, LOCALHOST, port)
+    client_transport = await asyncio.wait_for(client_waiter, 30)
+    server_transport = await asyncio.wait_for(server_waiter, 30)
+
+    async def cleanup() -> None:
+        transport.close()
+        server_transport.close()
+        server.close()
+        await server.wait_closed()
+
+    return client_transport, server_transport, cleanup
+
+
 async def _protocol_bulk(ctx: Context, level: str) -> Result:
-    raise Unavailable("negotiate_stream.asyncio_ NegotiateProtocol is not importable")
+    from ._asyncio_plain import _Source
+
+    loop = asyncio.get_running_loop()
+    total = ctx.config.bulk_bytes
+    block = pattern_block()
+    verifier = StreamVerifier(block, total)
+    done: asyncio.Future[None] = loop.create_future()
+    source = _Source()
+    client, _server, cleanup = await _protocol_pair(ctx, level, source, _AppSink(verifier, done))
+    try:
+        write = client.write
+        started = time.perf_counter()
+        for _ in range(total // WRITE_SIZE):
+            write(block)
+            if source.resumed is not None:
+                await source.resumed
+        await done
+        seconds = time.perf_counter() - started
+    finally:
+        await cleanup()
+    return bulk_result(
+        f"ours.asyncio-protocol.bulk.{level}", "ours", level, BulkOutcome(verifier.received, seconds, verifier.ok)
+    )
 
 
 async def _protocol_pingpong(ctx: Context, level: str) -> Result:
-    raise Unavailable("negotiate_stream.asyncio_ NegotiateProtocol is not importable")
+    from ._asyncio_plain import _Echo, _Pinger
+
+    loop = asyncio.get_running_loop()
+    rounds = ctx.config.pingpong_rounds
+    done: asyncio.Future[bool] = loop.create_future()
+    pinger = _Pinger(rounds, done)
+    _client, _server, cleanup = await _protocol_pair(ctx, level, pinger, _Echo())
+    try:
+        started = time.perf_counter()
+        pinger.start()
+        verified = await done
+        seconds = time.perf_counter() - started
+    finally:
+        await cleanup()
+    outcome = PingPongOutcome(rounds, seconds, verified)
+    return pingpong_result(f"ours.asyncio-protocol.pingpong.{level}", "ours", level, outcome)
 
 
 # -- dispatch ------------------------------------------------------------------------------------------------------
@@ -157,7 +250,7 @@ def handshakes(ctx: Context, api: str) -> Result:
         identities: list[Any] = []
 
         async def handle(reader: Any, writer: Any) -> None:
-            identities.append(writer.get_extra_info("negotiate_session"))
+            identities.append(writer.get_extra_info("peer_identity"))
             writer.close()
 
         server = await module.start_server(handle, LOCALHOST, 0, **options(ctx, "sealed", True))
@@ -211,7 +304,39 @@ def _handshake_result(name: str, rate: float, seconds: float, verified: bool) ->
 
 
 async def _protocol_handshakes(ctx: Context) -> Result:
-    raise Unavailable("negotiate_stream.asyncio_ NegotiateProtocol is not importable")
+    module = require("negotiate_stream.asyncio_")
+    from .._connection import Connection
+    from .._context import SecurityContext
+
+    loop = asyncio.get_running_loop()
+    authenticated: list[Any] = []
+
+    def server_factory() -> asyncio.BaseProtocol:
+        waiter: asyncio.Future[Any] = loop.create_future()
+        waiter.add_done_callback(lambda f: authenticated.append(f.result().get_extra_info("peer_identity")))
+        connection = Connection(SecurityContext.create(True, **options(ctx, "sealed", True)))
+        protocol: asyncio.BaseProtocol = module.NegotiateProtocol(connection, asyncio.Protocol(), waiter=waiter)
+        return protocol
+
+    server = await loop.create_server(server_factory, LOCALHOST, 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def once() -> None:
+        waiter: asyncio.Future[Any] = loop.create_future()
+        connection = Connection(SecurityContext.create(False, **options(ctx, "sealed", False)))
+        transport, _ = await loop.create_connection(
+            lambda: module.NegotiateProtocol(connection, asyncio.Protocol(), waiter=waiter), LOCALHOST, port
+        )
+        await waiter
+        transport.close()
+
+    await once()  # warm-up
+    rate, seconds, done = await async_best_rate(ctx.config.handshakes, once)
+    await asyncio.sleep(0.05)
+    server.close()
+    await server.wait_closed()
+    verified = len(authenticated) == done + 1 and all(authenticated)
+    return _handshake_result("ours.asyncio-protocol.handshake", rate, seconds, verified)
 
 
 async def concurrent_streams(
@@ -253,7 +378,7 @@ async def concurrent_streams(
     rss_before = rss_bytes()
     client_kwargs = options(ctx, level, False) if ctx is not None else {}
     server_kwargs = options(ctx, level, True) if ctx is not None else {}
-    server = await start_server(handle, LOCALHOST, 0, backlog=count, **server_kwargs)
+    server = await start_server(handle, LOCALHOST, 0, **server_kwargs)
     port = server.sockets[0].getsockname()[1]
     writers: list[Any] = []
     batch = 64  # connect in batches: a listen backlog of 1,000 simultaneous handshakes is not the point here
@@ -407,14 +532,13 @@ def jetblack(ctx: Context, kind: str) -> Result:
         server = await ours.start_server(handle, LOCALHOST, 0, **server_options)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection(LOCALHOST, port)
-        client = alternative.NegotiateStreamAsync(
-            reader,
-            writer,
-            username=f"{credentials.domain}\\{credentials.username}",
-            password=credentials.password,
-            local_hostname="localhost",
-        )
-        await client.authenticate_as_client()
+        client = _jetblack_client(alternative, ctx, reader, writer, credentials)
+        try:
+            await client.authenticate_as_client()
+        except Exception as exc:  # its client picks its own mechanism and credentials; report why, do not fail
+            client.close()
+            server.close()
+            raise Unavailable(f"its client could not authenticate here ({type(exc).__name__}: {exc})") from exc
         peer = await asyncio.wait_for(accepted, 30)
         try:
             if kind == "bulk":
@@ -427,6 +551,27 @@ def jetblack(ctx: Context, kind: str) -> Result:
 
     result: Result = asyncio.run(main())
     return result
+
+
+def _jetblack_client(alternative: Any, ctx: Context, reader: Any, writer: Any, credentials: Any) -> Any:
+    """Build its client with whichever constructor the installed version has.
+
+    0.2.x takes ``(hostname, reader, writer)`` and the current user's credentials, which for NTLM pyspnego reads
+    from ``$NTLM_USER_FILE`` (first entry) when the context is created: point it at the run's test account.
+    """
+    cls = alternative.NegotiateStreamAsync
+    if "username" in inspect.signature(cls).parameters:
+        principal = f"{credentials.domain}\\{credentials.username}"
+        return cls(reader, writer, username=principal, password=credentials.password, local_hostname="localhost")
+    previous = os.environ.get("NTLM_USER_FILE")
+    os.environ["NTLM_USER_FILE"] = ctx.users.path
+    try:
+        return cls("localhost", reader, writer)
+    finally:
+        if previous is None:
+            del os.environ["NTLM_USER_FILE"]
+        else:
+            os.environ["NTLM_USER_FILE"] = previous
 
 
 async def _jetblack_bulk(client: Any, peer: StreamsPipe, ctx: Context) -> BulkOutcome:

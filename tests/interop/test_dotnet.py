@@ -6,11 +6,13 @@ Each case moves 1 MiB through the peer's echo and checks it byte for byte. NTLM 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from negotiate_stream import asyncio_
 from negotiate_stream._context import Credentials
 from negotiate_stream.errors import (
     AuthenticationError,
@@ -295,3 +297,107 @@ def test_dotnet_client_kerberos_password_our_server(dotnet: DotNetPeer, realm: R
     )
     assert "echo ok" in log and "type=Kerberos" in log, log
     assert outcome.protocol == "kerberos" and outcome.peer_identity == realm.principal
+
+
+# -- the asyncio adapter against the same peer ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mechanism", "level"), [("ntlm", "encrypt_and_sign"), ("kerberos", "encrypt_and_sign")])
+def test_asyncio_client_dotnet_server(dotnet: DotNetPeer, realm: Realm, mechanism: str, level: str) -> None:
+    server = dotnet.server("--echo", "--protection", DOTNET_LEVEL[level])
+    payload = nnspeer_random(MIB)
+
+    async def main() -> bytes:
+        reader, writer = await asyncio_.open_connection(
+            "127.0.0.1", server.port, **our_options(mechanism, level, realm)
+        )
+        assert writer.get_extra_info("negotiated_protocol") == mechanism
+        assert writer.get_extra_info("mutually_authenticated") is (mechanism == "kerberos")
+        writer.write(payload)
+        await writer.drain()
+        echoed = await reader.readexactly(MIB)
+        writer.close()  # not wait_closed(): see test_asyncio_wait_closed_after_echo
+        return echoed
+
+    assert asyncio.run(main()) == payload
+    status, log = server.finish()
+    assert status == 0, log
+    assert f"echoed {MIB} bytes" in log
+
+
+@pytest.mark.parametrize(("mechanism", "level"), [("ntlm", "sign"), ("kerberos", "encrypt_and_sign")])
+def test_asyncio_server_dotnet_client(
+    dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str, mechanism: str, level: str
+) -> None:
+    async def main() -> tuple[int, str, int]:
+        served: list[int] = []
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            total = 0
+            while chunk := await reader.read(1 << 20):
+                writer.write(chunk)
+                await writer.drain()
+                total += len(chunk)
+            served.append(total)
+            writer.close()
+
+        server = await asyncio_.start_server(
+            echo, "127.0.0.1", 0, **server_options(mechanism, level, ntlm_user_file, realm)
+        )
+        port = server.sockets[0].getsockname()[1]
+        args = dotnet_client_args(mechanism, level, realm)
+        client = await asyncio.create_subprocess_exec(
+            dotnet.run_script,
+            "client",
+            "--port",
+            str(port),
+            "--timeout",
+            "30",
+            *args,
+            "--send-random",
+            str(MIB),
+            "--echo",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, log = await asyncio.wait_for(client.communicate(), 60)
+        server.close()
+        await server.wait_closed()
+        return client.returncode or 0, log.decode(), served[0] if served else -1
+
+    status, log, served = asyncio.run(main())
+    assert status == 0, log
+    assert f"echo ok: {MIB} bytes" in log
+    assert served == MIB
+
+
+def test_asyncio_wait_closed_after_echo(dotnet: DotNetPeer, realm: Realm) -> None:
+    server = dotnet.server("--echo", "--protection", "EncryptAndSign")
+
+    async def main() -> None:
+        reader, writer = await asyncio_.open_connection(
+            "127.0.0.1", server.port, **our_options("ntlm", "encrypt_and_sign", realm)
+        )
+        writer.write(nnspeer_random(MIB))  # enough for flow control to pause and resume reading
+        await reader.readexactly(MIB)
+        writer.close()
+        await writer.wait_closed()
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.finish()
+
+
+def test_asyncio_client_wrong_password(dotnet: DotNetPeer, realm: Realm) -> None:
+    server = dotnet.server("--echo", "--protection", "EncryptAndSign")
+    options = our_options("ntlm", "encrypt_and_sign", realm, credentials=ntlm_credentials("wrong password"))
+
+    async def main() -> None:
+        await asyncio_.open_connection("127.0.0.1", server.port, **options)
+
+    with pytest.raises(HandshakeError) as caught:
+        asyncio.run(main())
+    assert caught.value.status == E_FAIL
+    status, log = server.finish()
+    assert status == 1 and "AuthenticationException" in log
