@@ -13,22 +13,18 @@ one lock. The adapters do this for you.
 
 from __future__ import annotations
 
-import enum
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any
 
 import spnego
 import spnego.exceptions as spnego_errors
 from spnego import ContextReq
 from spnego.channel_bindings import GssChannelBindings
 
-if TYPE_CHECKING:
-    from typing_extensions import Unpack
-
+from ._options import ContextOptions, Credentials, ProtectionLevel, ProtocolName, StreamSizes
 from .errors import (
     SEC_E_INVALID_TOKEN,
     SEC_E_LOGON_DENIED,
@@ -41,6 +37,9 @@ from .errors import (
     ProtectionLevelError,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
     "ContextOptions",
     "Credentials",
@@ -50,111 +49,10 @@ __all__ = [
     "write_ntlm_user_file",
 ]
 
-ProtocolName = Literal["negotiate", "ntlm", "kerberos"]
 _PROTOCOLS = ("negotiate", "ntlm", "kerberos")
 SEC_E_NO_CREDENTIALS = 0x8009030E
 _NTLM_ESS_FLAG = 0x00080000  # NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY
 _NTLM_SIGNATURE_SIZE = 16
-
-
-class ProtectionLevel(str, enum.Enum):
-    """How application data is protected after the handshake (``System.Net.Security.ProtectionLevel``)."""
-
-    #: Authenticate only; data travels as raw bytes without framing.
-    NONE = "none"
-    #: Every record carries a signature (integrity, replay and order protection); data is readable on the wire.
-    SIGN = "sign"
-    #: Every record is encrypted and signed (confidentiality + integrity).
-    ENCRYPT_AND_SIGN = "encrypt_and_sign"
-
-    @property
-    def rank(self) -> int:
-        """0, 1, 2 for NONE, SIGN, ENCRYPT_AND_SIGN: a higher rank is stronger protection."""
-        return _RANKS[self]
-
-    @classmethod
-    def parse(cls, value: ProtectionLevel | str) -> ProtectionLevel:
-        """Accept an enum member or a name such as ``"sign"``, ``"encrypt"``, ``"EncryptAndSign"``."""
-        if isinstance(value, ProtectionLevel):
-            return value
-        key = value.strip().lower().replace("-", "_").replace(" ", "_")
-        aliases = {"encrypt": "encrypt_and_sign", "encryptandsign": "encrypt_and_sign", "seal": "encrypt_and_sign"}
-        try:
-            return cls(aliases.get(key, key))
-        except ValueError:
-            raise ValueError(f"unknown protection level {value!r}: use 'none', 'sign' or 'encrypt_and_sign'") from None
-
-
-_RANKS = {ProtectionLevel.NONE: 0, ProtectionLevel.SIGN: 1, ProtectionLevel.ENCRYPT_AND_SIGN: 2}
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who we are.
-
-    Client: ``username`` + ``password`` (with ``domain``, or ``DOMAIN\\user`` / ``user@REALM`` in ``username``),
-    or nothing / ``ccache`` for the current Kerberos ticket cache, or ``username`` + ``keytab`` (a client keytab).
-    With a separate ``domain``, Kerberos uses ``user@DOMAIN`` (upper-cased realm) and NTLM ``DOMAIN\\user``, as .NET.
-    Server: ``ntlm_user_file`` (lines ``DOMAIN:USER:PASSWORD`` or smbpasswd-style hashes, see
-    :func:`write_ntlm_user_file`) for NTLM, ``keytab`` for Kerberos; by default the ``NTLM_USER_FILE`` and
-    ``KRB5_KTNAME`` environment variables are used, as with gss-ntlmssp and MIT Kerberos.
-
-    The password is never shown by ``repr``.
-    """
-
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    domain: str | None = None
-    ccache: str | None = None
-    keytab: str | None = None
-    ntlm_user_file: str | None = None
-
-    @property
-    def principal(self) -> str | None:
-        """The user name as pyspnego expects it: ``DOMAIN\\user``, ``user@REALM`` or plain ``user``."""
-        if self.username is None:
-            return None
-        if self.domain and "\\" not in self.username and "@" not in self.username:
-            return f"{self.domain}\\{self.username}"
-        return self.username
-
-
-@dataclass(frozen=True)
-class StreamSizes:
-    """The equivalent of SSPI's ``SecPkgContext_StreamSizes`` for this context and framing."""
-
-    #: Bytes of signature/token header added before each record's data.
-    header: int
-    #: Bytes added after the data (0 for NTLM and RFC 4121 tokens as produced here).
-    trailer: int
-    #: Largest plaintext put into one record.
-    max_message: int
-
-
-class ContextOptions(TypedDict, total=False):
-    """Keyword options accepted by every adapter to build a :class:`SecurityContext`.
-
-    - ``credentials``: who we are (:class:`Credentials`); default: the environment (ticket cache, user file).
-    - ``target``: the service principal name of the server, ``service/host`` (default ``host/localhost``; the
-      connection helpers default to ``host/<the host you connect to>``). A bare host name means ``host/<name>``.
-    - ``protocol``: ``"negotiate"`` (SPNEGO: Kerberos, else NTLM; default), ``"ntlm"`` or ``"kerberos"``.
-    - ``protection_level``: ``"encrypt_and_sign"`` (default), ``"sign"`` or ``"none"``. On a server it is the
-      minimum accepted; a client asking for more gets more (as in .NET).
-    - ``channel_bindings``: ``tls-server-end-point`` application data (see :mod:`negotiate_stream.channel_bindings`).
-    - ``require_mutual_auth``: fail the handshake unless the server proved its identity (Kerberos).
-    - ``allow_ntlm_fallback``: with ``"negotiate"``, set False to refuse NTLM (fails before credentials are sent).
-    - ``ntlm_seal_sign_only``: at protection level ``"sign"`` with NTLM, seal the records as gss-ntlmssp does (.NET
-      on Linux/macOS) instead of the Windows layout (signature + plaintext). Both sides must agree.
-    """
-
-    credentials: Credentials | None
-    target: str
-    protocol: ProtocolName
-    protection_level: ProtectionLevel | str
-    channel_bindings: bytes | None
-    require_mutual_auth: bool
-    allow_ntlm_fallback: bool
-    ntlm_seal_sign_only: bool
 
 
 # pyspnego's NTLM acceptor only reads credentials from $NTLM_USER_FILE at step time; an explicit per-server file is

@@ -203,7 +203,7 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
 
     # -- transport callbacks -------------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102 - asyncio callback
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         if self._handshake_timeout is not None:
@@ -214,18 +214,18 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
             data, self._initial_data = self._initial_data, b""
             self._feed(data)
 
-    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: D102 - asyncio callback
+    def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
-    def buffer_updated(self, nbytes: int) -> None:  # noqa: D102 - asyncio callback
+    def buffer_updated(self, nbytes: int) -> None:
         self._feed(self._view[:nbytes])
 
-    def eof_received(self) -> bool | None:  # noqa: D102 - asyncio callback
+    def eof_received(self) -> bool | None:
         self._feed(b"")
         # True keeps the transport open for our own writes: the app asked for a half-close in _on_eof.
         return self._keep_open_after_eof
 
-    def connection_lost(self, exc: Exception | None) -> None:  # noqa: D102 - asyncio callback
+    def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         if self.app_transport is None:
             self._fail_waiter(
@@ -238,11 +238,11 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
             self._closed = True
             self.app_protocol.connection_lost(exc if exc is not None else self._error)
 
-    def pause_writing(self) -> None:  # noqa: D102 - asyncio callback
+    def pause_writing(self) -> None:
         if self.app_transport is not None:
             self.app_protocol.pause_writing()
 
-    def resume_writing(self) -> None:  # noqa: D102 - asyncio callback
+    def resume_writing(self) -> None:
         if self.app_transport is not None:
             self.app_protocol.resume_writing()
 
@@ -502,4 +502,3 @@ async def wrap_streams(
         **options,
     )
     return new_reader, asyncio.StreamWriter(transport, app, new_reader, loop)
-

@@ -236,10 +236,8 @@ class _RawNegotiateIO(io.RawIOBase):
 def _close_quietly(sock: object) -> None:
     close = getattr(sock, "close", None)
     if close is not None:
-        try:
+        with contextlib.suppress(OSError):
             close()
-        except OSError:
-            pass
 
 
 def create_connection(

@@ -74,7 +74,7 @@ def _describe_record(wire: bytes, level: ProtectionLevel) -> list[str]:
     parsed = nns.NNSRecordCodec().parse(wire)
     if parsed is None:
         return ["  (no complete record captured)"]
-    payload, end = parsed
+    payload, _end = parsed
     lines = [
         f"  length (uint32 LE): {wire[:4].hex(' ')}  = {len(payload)} bytes",
         f"  signature         : {payload[:16].hex(' ')}",
@@ -95,12 +95,13 @@ def run(args: argparse.Namespace) -> int:
         port = listener.getsockname()[1]
         received: list[bytes] = []
         server_error: list[BaseException] = []
+        server_saw: list[str | None] = []
 
         def serve() -> None:
             try:
                 conn, _ = listener.accept()
                 with NegotiateSocket.server(conn, credentials=users.server_credentials(), **options) as server:
-                    print(f"server: authenticated {server.session_info.peer_identity!r}")
+                    server_saw.append(server.session_info.peer_identity)
                     while chunk := server.recv(65536):
                         received.append(chunk)
                         server.sendall(chunk)  # echo
@@ -132,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         listener.close()
     if server_error:
         raise server_error[0]
+    print(f"server: authenticated the client as {server_saw[0]!r}")
     expected = b"".join(_MESSAGES)
     if bytes(echoed) != expected or b"".join(received) != expected:
         print("demo: FAILED: the echoed data differs from what was sent")
