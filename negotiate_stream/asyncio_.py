@@ -25,11 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._connection import Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
 from ._context import SecurityContext
+from ._framing import nns
 from .errors import (
+    FramingError,
     HandshakeTimeoutError,
     NegotiateError,
     StreamClosedError,
     TruncatedStreamError,
+    status_name,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +72,8 @@ class NegotiateTransport(asyncio.Transport):
         self._neg = protocol
         self._inner = inner
         self._info = info
+        #: A StreamWriter over the inner transport that must outlive us (set by :func:`wrap_streams`).
+        self.wrapped_writer: asyncio.StreamWriter | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Negotiate session details, else the inner transport's extra info."""
@@ -251,6 +256,8 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
     def _feed(self, data: bytes | memoryview) -> None:
         if self.connection.state in (State.BROKEN, State.CLOSED):
             return  # already failed or closed by us: ignore late bytes
+        if self.app_transport is None and data and logger.isEnabledFor(logging.DEBUG):
+            _trace_handshake(self.connection, "received", data)
         try:
             self.connection.receive_data(data)
         except NegotiateError as exc:
@@ -294,6 +301,20 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
 
     def _on_handshake_complete(self, info: SessionInfo) -> None:
         self._cancel_timer()
+        logger.debug(
+            "handshake complete (%s side): protocol %s, protection %s (signed %s, encrypted %s), peer %s, "
+            "mutual auth %s, one cipher state for both directions %s, record overhead %d bytes, max %d bytes/record",
+            "server" if info.is_server else "client",
+            info.protocol,
+            info.protection_level.value,
+            info.is_signed,
+            info.is_encrypted,
+            info.peer_identity,
+            info.mutually_authenticated,
+            info.shares_crypto_state,
+            info.sizes.header + info.sizes.trailer,
+            info.sizes.max_message,
+        )
         assert self._transport is not None
         self.app_transport = NegotiateTransport(self, self._transport, info)
         if self._call_connection_made:
@@ -312,6 +333,8 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         out = self.connection.data_to_send()
+        if out and logger.isEnabledFor(logging.DEBUG):
+            _trace_handshake(self.connection, "sent", out)
         if out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(out)
 
@@ -359,6 +382,26 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
             asyncio.get_running_loop().call_soon(self._process)  # deliver records held while paused
         else:
             transport.pause_reading()
+
+
+def _trace_handshake(connection: Connection, direction: str, data: bytes | memoryview) -> None:
+    """DEBUG-log the MS-NNS handshake messages in ``data``: message ids and token sizes, never token bytes."""
+    if connection.framing != "nns":
+        return
+    parts = []
+    position = 0
+    try:
+        while (parsed := nns.parse_handshake(data, position)) is not None:
+            frame, position = parsed
+            if frame.message_id is nns.MessageId.HANDSHAKE_ERROR:
+                parts.append(f"{frame.message_id.name} (code {status_name(frame.error_code)})")
+            else:
+                parts.append(f"{frame.message_id.name} with a {len(frame.payload)}-byte token")
+    except FramingError:
+        parts.append("bytes that are not an MS-NNS handshake message")
+    if position < len(data):
+        parts.append(f"{len(data) - position} bytes of a partial or following message")
+    logger.debug("handshake %s %s", direction, "; ".join(parts))
 
 
 async def start_negotiate(
@@ -501,4 +544,7 @@ async def wrap_streams(
         context=context,
         **options,
     )
+    # The old StreamWriter closes the shared socket when it is garbage-collected (StreamWriter.__del__): the new
+    # transport keeps it alive for as long as it lives.
+    transport.wrapped_writer = writer
     return new_reader, asyncio.StreamWriter(transport, app, new_reader, loop)

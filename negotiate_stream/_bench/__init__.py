@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -66,8 +67,11 @@ def _run_isolated(scenario: Scenario, config: BenchConfig) -> Result:
         "--config",
         json.dumps(config.to_json()),
     ]
+    # The child must import this same copy of the package, installed or not.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False)
+        child = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False, env=env)
     except subprocess.TimeoutExpired:
         return Result(scenario.name, scenario.group, scenario.kind, level=scenario.level, status="error: timed out")
     lines = child.stdout.strip().splitlines()

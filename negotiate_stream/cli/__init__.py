@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import demo
+from . import connect, demo, serve
 
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules: each has `add_parser(subparsers)` registering itself with `func=run(args) -> int`.
-_COMMANDS = (demo,)
+_COMMANDS = (demo, serve, connect)
 
 
 def build_parser() -> argparse.ArgumentParser:

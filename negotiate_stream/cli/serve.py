@@ -1,0 +1,225 @@
+"""``negotiate-stream serve``: accept Negotiate-protected connections and echo them or forward them to a TCP service.
+
+With ``--forward HOST:PORT`` this is a Negotiate "stunnel": each authenticated client gets its own plain TCP
+connection to the service, and the plaintext is relayed both ways (half-closes included). Every handshake is
+reported (peer address, authenticated identity, protocol, protection level, duration); a failed handshake closes
+only that connection. SIGINT or SIGTERM stops the server cleanly (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from ..asyncio_ import wrap_streams
+from ._common import (
+    EXIT_CODES_HELP,
+    EXIT_OK,
+    CLIUsageError,
+    Counters,
+    Reporter,
+    add_common_options,
+    add_server_options,
+    describe_error,
+    echo,
+    exit_code_for,
+    format_address,
+    parse_address,
+    relay,
+    server_options,
+    session_fields,
+    setup_logging,
+)
+
+__all__ = ["add_parser", "run"]
+
+_EXAMPLES = f"""examples:
+  # echo server for a quick test; NTLM accounts from a user file (lines DOMAIN:USER:PASSWORD)
+  negotiate-stream serve --listen 127.0.0.1:9000 --echo --users-file users.txt
+
+  # Negotiate-sealed hop in front of a plain TCP service on port 6379, JSON lines on stdout
+  negotiate-stream serve --listen 0.0.0.0:9000 --forward 127.0.0.1:6379 --users-file users.txt --json
+
+  # Kerberos acceptor with a keytab, sign-only records, at most 50 clients at a time, handshake trace
+  negotiate-stream serve --listen :9000 --echo --keytab /etc/app.keytab --target host/app.example.com \\
+      --protocol kerberos --protection sign --max-connections 50 -v
+
+{EXIT_CODES_HELP}
+"""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``serve`` sub-command."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="accept protected connections; echo them or forward them to a plain TCP service",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EXAMPLES,
+    )
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--echo", action="store_true", help="send every client's plaintext back to it")
+    mode.add_argument("--forward", metavar="HOST:PORT", help="relay each client to this plain TCP service")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="serve at most N clients at a time; more are closed at once and reported (default: no limit)",
+    )
+    add_common_options(parser)
+    add_server_options(parser)
+    parser.set_defaults(func=run)
+
+
+class _Server:
+    def __init__(self, args: argparse.Namespace, options: dict[str, Any], reporter: Reporter) -> None:
+        self.args = args
+        self.options = options
+        self.reporter = reporter
+        self.forward = parse_address(args.forward, what="--forward") if args.forward else None
+        self.active: set[asyncio.Task[None]] = set()
+        self.accepted = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = format_address(writer.get_extra_info("peername"))
+        self.accepted += 1
+        if self.args.max_connections is not None and len(self.active) >= self.args.max_connections:
+            self.reporter.event(
+                "rejected",
+                f"{peer}: closed, {len(self.active)} clients already connected (--max-connections)",
+                peer=peer,
+                reason="max-connections",
+            )
+            writer.close()
+            return
+        self.active.add(task)
+        try:
+            await self._serve_client(peer, reader, writer)
+        finally:
+            self.active.discard(task)
+            writer.close()
+
+    async def _serve_client(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = time.monotonic()
+        try:
+            sreader, swriter = await wrap_streams(
+                reader,
+                writer,
+                server_side=True,
+                handshake_timeout=self.args.handshake_timeout,
+                **self.options,
+            )
+        except Exception as exc:
+            self.reporter.event(
+                "handshake_failed",
+                f"{peer}: handshake failed: {describe_error(exc)}",
+                peer=peer,
+                error=type(exc).__name__,
+                message=describe_error(exc),
+                exit_code=exit_code_for(exc),
+                duration_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+            return
+        info = swriter.get_extra_info("negotiate_stream")
+        fields = session_fields(info, time.monotonic() - started)
+        self.reporter.event(
+            "handshake",
+            f"{peer}: authenticated {info.peer_identity} ({info.protocol}, {info.protection_level.value}, "
+            f"{fields['handshake_ms']} ms)",
+            peer=peer,
+            **fields,
+        )
+        counters = Counters()
+        opened = time.monotonic()
+        try:
+            if self.forward is None:
+                await echo(sreader, swriter, counters)
+            else:
+                try:
+                    target = await asyncio.wait_for(
+                        asyncio.open_connection(*self.forward), timeout=self.args.handshake_timeout
+                    )
+                except (OSError, asyncio.TimeoutError) as exc:
+                    swriter.close()
+                    raise ConnectionError(
+                        f"cannot reach the --forward target {self.args.forward}: {describe_error(exc)}"
+                    ) from exc
+                await relay((sreader, swriter), target, counters)
+        except Exception as exc:
+            self.reporter.event(
+                "connection_failed",
+                f"{peer}: {describe_error(exc)}",
+                peer=peer,
+                error=type(exc).__name__,
+                message=describe_error(exc),
+                exit_code=exit_code_for(exc),
+            )
+            return
+        sent = counters.down if self.forward else counters.up
+        self.reporter.event(
+            "closed",
+            f"{peer}: closed after {counters.up} bytes received, {sent} sent",
+            peer=peer,
+            bytes_received=counters.up,
+            bytes_sent=sent,
+            seconds=round(time.monotonic() - opened, 3),
+        )
+
+
+async def _serve(args: argparse.Namespace, options: dict[str, Any], reporter: Reporter) -> int:
+    host, port = parse_address(args.listen, what="--listen")
+    state = _Server(args, options, reporter)
+    server = await asyncio.start_server(state.handle, host, port)
+    address = server.sockets[0].getsockname()
+    reporter.event(
+        "listening",
+        f"listening on {format_address(address)} ({'echo' if args.echo else 'forward to ' + args.forward}, "
+        f"{args.protocol}, {args.protection}); stop with Ctrl-C",
+        host=address[0],
+        port=address[1],
+        mode="echo" if args.echo else "forward",
+        forward=args.forward,
+        protocol=args.protocol,
+        protection_level=options["protection_level"].value,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt instead
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        for task in list(state.active):
+            task.cancel()
+        await asyncio.gather(*state.active, return_exceptions=True)
+        await server.wait_closed()
+    reporter.event("stopped", f"stopped after {state.accepted} connections", connections=state.accepted)
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT/SIGTERM; returns the exit status (see ``--help``)."""
+    reporter = Reporter("serve", args.json, sys.stdout)
+    setup_logging(args, sys.stderr)
+    try:
+        if args.max_connections is not None and args.max_connections < 1:
+            raise CLIUsageError("--max-connections must be at least 1")
+        options = server_options(args)
+        if args.protocol == "ntlm" and "credentials" not in options and not os.environ.get("NTLM_USER_FILE"):
+            raise CLIUsageError("an NTLM server needs accounts: give --users-file FILE (or set NTLM_USER_FILE)")
+        return asyncio.run(_serve(args, options, reporter))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:
+        return reporter.fatal(exc)

@@ -1,0 +1,1 @@
+"""End-to-end tests of the ``negotiate-stream`` command line (real subprocesses, real loopback sockets)."""
