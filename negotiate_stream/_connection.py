@@ -13,6 +13,11 @@ Concurrency (the SSPI rule: one encryptor and one decryptor at a time, never two
 the send side; ``receive_data``, ``next_event`` and ``data_to_send`` to the receive side. One send and one receive
 may run at the same time in two threads, unless :attr:`SessionInfo.shares_crypto_state` is true (NTLM without
 Extended Session Security), in which case one lock must serialise both sides.
+
+NTLM without Extended Session Security has ONE RC4 keystream per side for both directions, so the two sides stay
+in step only if records never cross on the wire: such a session must be strictly request/response (half-duplex).
+No lock can fix a protocol that sends in both directions at once; check :attr:`SessionInfo.shares_crypto_state`
+(pyspnego only negotiates it when ``LM_COMPAT_LEVEL=0``; Windows and .NET use ESS by default).
 """
 
 from __future__ import annotations
@@ -81,7 +86,8 @@ class SessionInfo:
     peer_identity: str | None
     mutually_authenticated: bool
     is_server: bool
-    #: NTLM without Extended Session Security: one cipher state for both directions (one lock for both).
+    #: NTLM without Extended Session Security: one cipher state for both directions (one lock for both), and
+    #: the application protocol must be strictly request/response (records must never cross on the wire).
     shares_crypto_state: bool
     #: Per-record overhead and the largest plaintext per record.
     sizes: StreamSizes

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._connection import Connection, Data, EndOfStream, HandshakeComplete, SessionInfo
 from ._context import SecurityContext
-from .errors import AuthenticationError, StreamClosedError
+from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Unpack
@@ -83,6 +83,14 @@ class NegotiateSocket:
         try:
             self = cls(sock, Connection(context))
             self._handshake()
+        except TimeoutError as exc:
+            _close_quietly(sock)
+            if isinstance(exc, NegotiateError):
+                raise
+            raise HandshakeTimeoutError(
+                "the handshake did not complete within the socket's timeout: the peer is slow, silent or does not "
+                "speak MS-NNS; raise the timeout (settimeout) or check the peer"
+            ) from exc
         except BaseException:
             _close_quietly(sock)
             raise
@@ -94,8 +102,11 @@ class NegotiateSocket:
             while self._info is None:
                 self._pump()
                 self._flush_handshake()
-        except AuthenticationError:
-            self._flush_handshake()  # the MS-NNS Error frame tells the peer why
+        except NegotiateError:
+            # Any handshake failure (bad credentials, garbage, truncation) queues an MS-NNS Error frame that
+            # tells the peer why; failing to deliver it must not hide the real error.
+            with contextlib.suppress(OSError):
+                self._flush_handshake()
             raise
         if self._info.shares_crypto_state:
             self._crypto_lock = threading.Lock()
@@ -121,12 +132,22 @@ class NegotiateSocket:
                 self._eof = True
                 return
             self._flush_handshake()
-            conn.receive_data(self._sock.recv(_RECV_SIZE))
+            try:
+                chunk = self._sock.recv(_RECV_SIZE)
+            except (TimeoutError, BlockingIOError, InterruptedError):
+                raise  # nothing was consumed: a later call continues where this one stopped
+            except OSError as exc:
+                # A reset or failed read: a later recv() might return b"" and pass for a clean EOF; never allow it.
+                conn.mark_broken(exc)
+                raise
+            conn.receive_data(chunk)
 
     # -- receive side ---------------------------------------------------------------------------------------------
 
     def recv(self, bufsize: int = 65536) -> bytes:
         """Return up to ``bufsize`` verified plaintext bytes; ``b""`` once the peer closed at a record boundary."""
+        if bufsize == 0:
+            return b""
         with self._recv_lock:
             while not self._plaintext and not self._eof:
                 self._pump()

@@ -79,7 +79,27 @@ async def _our_streams_pair(ctx: Context, level: str) -> tuple[StreamsPipe, Stre
 
 
 async def _our_anyio_pair(ctx: Context, level: str) -> tuple[AnyioPipe, AnyioPipe, Cleanup]:
-    raise Unavailable("negotiate_stream.anyio_ is not importable")
+    """Wrap both ends of a plain anyio TCP pair with NegotiateStream.wrap (handshakes run concurrently)."""
+    module = require("negotiate_stream.anyio_")
+    from ._anyio_sync_plain import anyio_tcp_pair
+
+    client_raw, server_raw, cleanup_raw = await anyio_tcp_pair()
+    wrapped: dict[str, Any] = {}
+
+    async def wrap_server() -> None:
+        wrapped["server"] = await module.NegotiateStream.wrap(server_raw, server_side=True, **options(ctx, level, True))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wrap_server)
+        client = await module.NegotiateStream.wrap(client_raw, **options(ctx, level, False))
+    server = wrapped["server"]
+
+    async def cleanup() -> None:
+        await client.aclose()
+        await server.aclose()
+        await cleanup_raw()
+
+    return AnyioPipe(client), AnyioPipe(server), cleanup
 
 
 # -- asyncio Protocol --------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import connect, demo, serve
+from . import bench, connect, demo, serve
 
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules: each has `add_parser(subparsers)` registering itself with `func=run(args) -> int`.
-_COMMANDS = (demo, serve, connect)
+_COMMANDS = (demo, serve, connect, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

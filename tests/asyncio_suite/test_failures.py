@@ -27,9 +27,7 @@ from . import RawPeer, TamperingProxy, client_options, port_of, run, server_opti
 from .test_protocol import Collector
 
 
-def test_wrong_password_error_frame_and_typed_errors(
-    ntlm_users: NTLMUsers, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_wrong_password_error_frame_and_typed_errors(ntlm_users: NTLMUsers, caplog: pytest.LogCaptureFixture) -> None:
     """The server answers a wrong password with an MS-NNS Error frame (seen by a raw client), the streams
     client gets HandshakeError(SEC_E_LOGON_DENIED), the server side a typed error; connection_made never runs."""
     server_errors: list[BaseException] = []
@@ -113,11 +111,8 @@ def test_handshake_timeout_against_silent_peer() -> None:
     async def main() -> None:
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         async with server:
-            with NTLMUsers.generate() as users:
-                with pytest.raises(HandshakeTimeoutError):
-                    await nsa.open_connection(
-                        "127.0.0.1", port_of(server), handshake_timeout=0.3, **client_options(users)
-                    )
+            with NTLMUsers.generate() as users, pytest.raises(HandshakeTimeoutError):
+                await nsa.open_connection("127.0.0.1", port_of(server), handshake_timeout=0.3, **client_options(users))
             while len(closed) < 2:
                 await asyncio.sleep(0.01)
 

@@ -100,7 +100,9 @@ def test_protocol_api_transfer(ntlm_users: NTLMUsers, level: str, direction: str
             assert client_transport.get_extra_info("negotiated_protocol") == "ntlm"
             assert client_transport.get_extra_info("sockname")[0] == "127.0.0.1"
             sender, receiver = (
-                (client_transport, server_apps[0]) if direction == "client_to_server" else (server_transport, client_app)
+                (client_transport, server_apps[0])
+                if direction == "client_to_server"
+                else (server_transport, client_app)
             )
             sender.write(data)
             sender.close()  # flushes queued records first
@@ -118,11 +120,9 @@ def test_buffered_protocol_app_gets_data(ntlm_users: NTLMUsers) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         app = BufferedCollector()
-        server = await loop.create_server(
-            lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0
-        )
+        server = await loop.create_server(lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0)
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
             writer.write(data)
             writer.close()
             await writer.wait_closed()
@@ -171,12 +171,12 @@ def test_flow_control_slow_reader(ntlm_users: NTLMUsers) -> None:
         app = Collector()
         server = await loop.create_server(lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0)
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
             server_transport = await app.made
             server_transport.pause_reading()
             assert not server_transport.is_reading()
             writer.transport.set_write_buffer_limits(high=128 * 1024)
-            low, high = writer.transport.get_write_buffer_limits()
+            _low, high = writer.transport.get_write_buffer_limits()
             assert high == 128 * 1024
             max_buffered = 0
             written = 0
@@ -274,3 +274,108 @@ def test_start_negotiate_after_plaintext_preamble(ntlm_users: NTLMUsers) -> None
     run(main())
     assert results["server_identity"] == "NEGOTIATE-TEST\\alice"
     assert results["server_got"] == (None, b"hello after upgrade")
+
+
+class ClosesAt(Collector):
+    """Closes its transport from inside a callback (``connection_made`` or the first ``data_received``)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.where == "connection_made":
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.where == "data_received":
+            assert self.transport is not None
+            self.transport.close()
+
+
+@pytest.mark.parametrize("where", ["connection_made", "data_received"])
+def test_app_closing_inside_callback_is_a_clean_close(ntlm_users: NTLMUsers, where: str) -> None:
+    """An app protocol that closes its transport while records are still queued (e.g. a server rejecting a user
+    in connection_made) gets connection_lost(None), not an error, and no data after the close."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.writelines([b"first", b" record"])  # one protected write
+        for _ in range(50):
+            writer.write(b"more records in the same segment")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users))
+        async with server:
+            app = ClosesAt(where)
+            await loop.create_connection(
+                lambda: negotiator(False, app, client_options(ntlm_users)), "127.0.0.1", port_of(server)
+            )
+            assert await app.done is None
+            assert app.lost == [None]
+            assert app.chunks <= 1
+            if app.chunks:
+                assert bytes(app.data) == b"first record"
+
+    run(main())
+
+
+def test_write_after_write_eof_raises_stream_closed(ntlm_users: NTLMUsers) -> None:
+    """After write_eof() the send side is finished: write() raises StreamClosedError (not RuntimeError)."""
+    from negotiate_stream.errors import StreamClosedError
+
+    async def main() -> None:
+        server = await nsa.start_server(lambda r, w: None, "127.0.0.1", 0, **server_options(ntlm_users))
+        async with server:
+            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            assert writer.can_write_eof()
+            writer.write_eof()
+            with pytest.raises(StreamClosedError):
+                writer.write(b"after eof")
+            writer.close()
+
+    run(main())
+
+
+def test_buffered_protocol_with_empty_buffer_fails_instead_of_spinning(ntlm_users: NTLMUsers) -> None:
+    """An app BufferedProtocol whose get_buffer() returns an empty buffer gets connection_lost(RuntimeError)
+    (as asyncio itself does) instead of hanging the event loop."""
+
+    class Empty(BufferedCollector):
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return bytearray()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        app = Empty()
+        server = await loop.create_server(lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0)
+        async with server:
+            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            writer.write(b"data")
+            assert isinstance(await app.done, RuntimeError)
+            writer.close()
+
+    run(main(), timeout=10)
+
+
+def test_start_negotiate_on_closed_transport_raises_at_once(ntlm_users: NTLMUsers) -> None:
+    """start_negotiate on a transport whose peer already went away raises StreamClosedError instead of waiting
+    (forever, with handshake_timeout=None) for a connection_lost that was already delivered."""
+    from negotiate_stream.errors import StreamClosedError
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        async with server:
+            app = Collector()
+            transport, _ = await loop.create_connection(lambda: app, "127.0.0.1", port_of(server))
+            await app.done  # the peer closed: the plain protocol saw connection_lost
+            with pytest.raises(StreamClosedError):
+                await nsa.start_negotiate(transport, Collector(), handshake_timeout=None, **client_options(ntlm_users))
+
+    run(main(), timeout=10)

@@ -42,7 +42,9 @@ def test_both_directions_1mib(ntlm_users: NTLMUsers, level: str) -> None:
     async def main() -> None:
         server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users, level))
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users, level))
+            reader, writer = await nsa.open_connection(
+                "127.0.0.1", port_of(server), **client_options(ntlm_users, level)
+            )
             assert writer.get_extra_info("negotiate_stream").protection_level.value == level
             assert writer.get_extra_info("peername")[0] == "127.0.0.1"  # falls back to the socket's extras
             writer.write(upload)
@@ -171,7 +173,7 @@ def _concurrent_writers(users: NTLMUsers, writers: int, per_writer: int) -> None
 
         server = await loop.create_server(factory, "127.0.0.1", 0)
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(users))
+            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(users))
 
             async def write_all(writer_id: int) -> None:
                 for seq in range(per_writer):

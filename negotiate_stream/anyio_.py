@@ -1,0 +1,412 @@
+"""anyio (asyncio and trio): :class:`NegotiateStream` wraps any anyio byte stream in a negotiate context.
+
+::
+
+    async with await connect("server.example.com", 5000, credentials=creds) as stream:
+        await stream.send(b"request")
+        reply = await stream.receive()
+
+:meth:`NegotiateStream.wrap` runs the MS-NNS handshake before it returns, like
+:meth:`anyio.streams.tls.TLSStream.wrap`. :class:`NegotiateListener` wraps any anyio listener and authenticates
+every accepted connection; :func:`memory_stream_pair` gives two connected in-memory byte streams for tests.
+
+Concurrency follows the SSPI rule (one encryptor and one decryptor at a time): one :class:`anyio.Lock` per
+direction, so one task may send while another receives; concurrent senders queue in FIFO order and a send never
+interleaves its records with another's. When the session shares one cipher state for both directions (NTLM
+without Extended Session Security, :attr:`SessionInfo.shares_crypto_state`) the Connection calls of both
+directions are also serialised by one lock, held only around those synchronous calls, never across a socket wait.
+That state is also shared *across the two peers*: both must protect and unprotect records in the same global
+order, so the application protocol must be half-duplex (request/response); simultaneous traffic in both
+directions fails the integrity check on both ends.
+
+Errors are sticky: after any failure every later call raises :class:`BrokenStreamError` chained to the first
+error. A cancelled :meth:`~NegotiateStream.receive` is harmless (received bytes stay buffered); a cancelled
+:meth:`~NegotiateStream.send` may have written part of a record, so it breaks the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio import TypedAttributeSet, typed_attribute
+from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
+
+from ._connection import NEED_DATA, Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
+from ._context import ProtectionLevel, SecurityContext
+from .errors import HandshakeTimeoutError, LocalProtocolError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._context import ContextOptions
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "MemoryByteStream",
+    "NegotiateAttribute",
+    "NegotiateListener",
+    "NegotiateStream",
+    "connect",
+    "memory_stream_pair",
+]
+
+logger = logging.getLogger("negotiate_stream")
+
+#: Seconds a handshake may take before :class:`HandshakeTimeoutError` (``None`` waits forever).
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+_RECEIVE_SIZE = 256 * 1024
+# How long a failing handshake may spend telling the peer why (the Error frame) before the transport is closed.
+_ERROR_FRAME_TIMEOUT = 5.0
+
+
+class NegotiateAttribute(TypedAttributeSet):
+    """Typed attributes of a :class:`NegotiateStream` (``stream.extra(NegotiateAttribute.peer_identity)``)."""
+
+    #: ``"ntlm"`` or ``"kerberos"``.
+    protocol: str | None = typed_attribute()
+    #: Server side: the authenticated client (``DOMAIN\\user``); client side: the target SPN.
+    peer_identity: str | None = typed_attribute()
+    #: The negotiated :class:`ProtectionLevel`.
+    protection_level: ProtectionLevel = typed_attribute()
+    #: True when the server proved its identity too (Kerberos).
+    mutually_authenticated: bool = typed_attribute()
+    #: Everything the handshake established (:class:`SessionInfo`).
+    session_info: SessionInfo = typed_attribute()
+
+
+class NegotiateStream(ByteStream):
+    """A negotiate-protected byte stream over another anyio byte stream; build it with :meth:`wrap`.
+
+    :meth:`receive` returns verified plaintext and raises :class:`anyio.EndOfStream` when the peer closed at a
+    record boundary; :meth:`send` protects and writes. Protocol failures raise the typed errors of
+    :mod:`negotiate_stream.errors`; use after :meth:`aclose` raises :class:`anyio.ClosedResourceError`.
+    """
+
+    def __init__(self, transport_stream: ByteStream, connection: Connection, info: SessionInfo) -> None:
+        """Wrap an established ``connection``; prefer :meth:`wrap`, which runs the handshake first."""
+        self.transport_stream = transport_stream
+        self._conn = connection
+        self._info = info
+        self._receive_lock = anyio.Lock()
+        self._send_lock = anyio.Lock()
+        # A threading lock, not an anyio one: it is held only around synchronous Connection calls, so it is
+        # never contended on the event loop thread, and it still protects the cipher state should a caller ever
+        # move those calls to a worker thread.
+        self._crypto_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if info.shares_crypto_state else contextlib.nullcontext()
+        )
+        self._plaintext = b""
+        self._offset = 0
+        self._eof = False
+        self._closed = False
+
+    @classmethod
+    async def wrap(
+        cls,
+        transport_stream: ByteStream,
+        *,
+        server_side: bool = False,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        context: SecurityContext | None = None,
+        **options: Unpack[ContextOptions],
+    ) -> NegotiateStream:
+        """Authenticate over ``transport_stream`` and return the protected stream.
+
+        ``options`` build the :class:`SecurityContext` unless ``context`` is given. On failure the MS-NNS Error
+        frame (if any) is sent, ``transport_stream`` is closed and the typed error raised:
+        :class:`AuthenticationError` (or :class:`HandshakeError` when the peer rejected us),
+        :class:`HandshakeTimeoutError` after ``handshake_timeout`` seconds, a :class:`RemoteProtocolError` for
+        garbage from the peer.
+        """
+        try:
+            connection = Connection(context or SecurityContext.create(server_side, **options))
+        except BaseException:
+            await anyio.aclose_forcefully(transport_stream)
+            raise
+        try:
+            with anyio.move_on_after(handshake_timeout) as scope:
+                info = await _run_handshake(transport_stream, connection)
+            if scope.cancelled_caught:
+                raise HandshakeTimeoutError(
+                    f"the handshake did not complete within {handshake_timeout} s: the peer is slow, silent or "
+                    "does not speak MS-NNS; raise handshake_timeout or check the peer"
+                )
+        except BaseException:
+            await _abort_handshake(transport_stream, connection)
+            raise
+        return cls(transport_stream, connection, info)
+
+    # -- information ------------------------------------------------------------------------------------------
+
+    @property
+    def session_info(self) -> SessionInfo:
+        """What the handshake negotiated (protocol, protection level, peer identity, ...)."""
+        return self._info
+
+    @property
+    def connection(self) -> Connection:
+        """The sans-I/O :class:`Connection` (for inspection; do not drive it directly)."""
+        return self._conn
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """:class:`NegotiateAttribute` values plus every attribute of the wrapped stream."""
+        info = self._info
+        return {
+            **self.transport_stream.extra_attributes,
+            NegotiateAttribute.protocol: lambda: info.protocol,
+            NegotiateAttribute.peer_identity: lambda: info.peer_identity,
+            NegotiateAttribute.protection_level: lambda: info.protection_level,
+            NegotiateAttribute.mutually_authenticated: lambda: info.mutually_authenticated,
+            NegotiateAttribute.session_info: lambda: info,
+        }
+
+    # -- receive side -----------------------------------------------------------------------------------------
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Return 1 to ``max_bytes`` verified plaintext bytes, waiting for them if needed.
+
+        Raises :class:`anyio.EndOfStream` once the peer closed at a record boundary,
+        :class:`TruncatedStreamError` if it closed inside a record, :class:`IntegrityError` for a record that
+        fails its check (nothing of it is returned), :class:`BrokenStreamError` after any earlier failure.
+        Cancelling a receive loses nothing: bytes already read stay buffered for the next call.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        async with self._receive_lock:
+            self._check_open()
+            while self._offset >= len(self._plaintext):
+                if self._eof:
+                    raise anyio.EndOfStream
+                await self._fill()
+            start = self._offset
+            end = min(start + max_bytes, len(self._plaintext))
+            self._offset = end
+            if start == 0 and end == len(self._plaintext):
+                return self._plaintext  # the common case: a whole record, no copy
+            return self._plaintext[start:end]
+
+    async def _fill(self) -> None:
+        """Produce the next plaintext chunk (or the EOF flag), reading from the transport as needed."""
+        conn = self._conn
+        while True:
+            with self._crypto_lock:
+                event = conn.next_event()
+            if isinstance(event, Data):
+                self._plaintext, self._offset = event.data, 0
+                return
+            if isinstance(event, EndOfStream):
+                self._eof = True
+                return
+            if isinstance(event, HandshakeComplete):  # pragma: no cover - wrap() consumed it
+                continue
+            assert event is NEED_DATA
+            try:
+                chunk = await self.transport_stream.receive(_RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                chunk = b""
+            except anyio.get_cancelled_exc_class():
+                raise  # nothing was consumed: the stream stays usable
+            except BaseException as exc:
+                conn.mark_broken(exc)
+                raise
+            conn.receive_data(chunk)
+
+    # -- send side --------------------------------------------------------------------------------------------
+
+    async def send(self, item: bytes) -> None:
+        """Protect and send all of ``item`` (records of at most 0xFC00 plaintext bytes); empty sends nothing.
+
+        Concurrent senders are served in FIFO order and never interleave records. If the transport send fails
+        or is cancelled, part of a record may be out and the peer's sequence state is unknown: the stream is
+        broken (later calls raise :class:`BrokenStreamError`).
+        """
+        async with self._send_lock:
+            self._check_open()
+            with self._crypto_lock:
+                wire = self._conn.send(item)
+            if not wire:
+                return
+            try:
+                await self.transport_stream.send(wire)
+            except BaseException as exc:
+                # The record's sequence number is spent whether or not its bytes left: nothing can follow it.
+                self._conn.mark_broken(exc)
+                raise
+
+    async def send_eof(self) -> None:
+        """Half-close: MS-NNS has no close message, so this closes the wrapped stream's sending side.
+
+        The peer then sees a clean EOF at a record boundary (:class:`anyio.EndOfStream`); receiving still works.
+        Raises :class:`NotImplementedError` if the wrapped stream cannot half-close.
+        """
+        async with self._send_lock:
+            self._check_open()
+            await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        """Close the stream and the wrapped stream (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
+        await self.transport_stream.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+
+    def __repr__(self) -> str:
+        return f"<NegotiateStream {self._conn!r} over {self.transport_stream!r}>"
+
+
+async def _run_handshake(stream: ByteStream, conn: Connection) -> SessionInfo:
+    """Drive the handshake of ``conn`` over ``stream`` until it completes (errors propagate)."""
+    while True:
+        out = conn.data_to_send()
+        if out:
+            await stream.send(out)
+        event = conn.next_event()
+        if isinstance(event, HandshakeComplete):
+            out = conn.data_to_send()  # the server's final HandshakeDone
+            if out:
+                await stream.send(out)
+            return event.info
+        if event is not NEED_DATA:  # pragma: no cover - Connection reports HandshakeComplete first
+            raise LocalProtocolError(f"unexpected event {event!r} during the handshake")
+        out = conn.data_to_send()
+        if out:
+            await stream.send(out)
+        try:
+            chunk = await stream.receive(_RECEIVE_SIZE)
+        except anyio.EndOfStream:
+            chunk = b""
+        conn.receive_data(chunk)
+
+
+async def _abort_handshake(stream: ByteStream, conn: Connection) -> None:
+    """Tell the peer why (the queued MS-NNS Error frame, if any), then close ``stream``; never raises."""
+    # Only a failure of the Connection itself queues an Error frame; after a cancellation or a timeout the
+    # queue may hold an ordinary handshake message, which would only mislead the peer.
+    out = conn.data_to_send() if conn.state is State.BROKEN else b""
+    with anyio.CancelScope(shield=True):
+        if out:
+            with anyio.move_on_after(_ERROR_FRAME_TIMEOUT), contextlib.suppress(Exception):
+                await stream.send(out)
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    context: SecurityContext | None = None,
+    **options: Unpack[ContextOptions],
+) -> NegotiateStream:
+    """Connect over TCP and authenticate as a client; the target defaults to ``host/<host>``."""
+    options.setdefault("target", f"host/{host}")
+    stream = await anyio.connect_tcp(host, port)
+    return await NegotiateStream.wrap(stream, handshake_timeout=handshake_timeout, context=context, **options)
+
+
+class NegotiateListener(Listener[NegotiateStream]):
+    """Wrap any anyio byte-stream listener: every accepted connection is authenticated as a server.
+
+    A failed (or timed-out) handshake is logged on the ``negotiate_stream`` logger as a warning with the peer
+    address and the error (never credentials) and closes only that connection; the listener keeps serving.
+    """
+
+    def __init__(
+        self,
+        listener: Listener[Any],
+        *,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        **options: Unpack[ContextOptions],
+    ) -> None:
+        """``options`` build a fresh server :class:`SecurityContext` for every connection."""
+        self.listener = listener
+        self.handshake_timeout = handshake_timeout
+        self._options = options
+
+    async def serve(
+        self, handler: Callable[[NegotiateStream], Awaitable[Any]], task_group: TaskGroup | None = None
+    ) -> None:
+        """Accept connections forever; run ``handler(stream)`` for each one whose handshake succeeds.
+
+        The handler owns the stream (close it when done). Handlers run in ``task_group`` if given.
+        """
+
+        async def authenticate(transport_stream: ByteStream) -> None:
+            # Read before the handshake: a failed handshake closes the stream, and its address with it.
+            peer = transport_stream.extra(SocketAttribute.remote_address, None)
+            try:
+                stream = await NegotiateStream.wrap(
+                    transport_stream, server_side=True, handshake_timeout=self.handshake_timeout, **self._options
+                )
+            except Exception as exc:
+                logger.warning("negotiate handshake with %s failed: %s", peer, exc)
+                return
+            await handler(stream)
+
+        await self.listener.serve(authenticate, task_group)
+
+    async def aclose(self) -> None:
+        """Close the wrapped listener."""
+        await self.listener.aclose()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The wrapped listener's attributes (e.g. ``SocketAttribute.local_address``)."""
+        return self.listener.extra_attributes
+
+
+class MemoryByteStream(ByteStream):
+    """One end of an in-memory byte stream built on anyio memory object streams (see :func:`memory_stream_pair`).
+
+    Supports :meth:`send_eof` (the peer's :meth:`receive` then raises :class:`anyio.EndOfStream`).
+    """
+
+    def __init__(
+        self,
+        send_stream: anyio.abc.ObjectSendStream[bytes],
+        receive_stream: anyio.abc.ObjectReceiveStream[bytes],
+    ) -> None:
+        """Send chunks on ``send_stream``, read them from ``receive_stream``."""
+        self._send_stream = send_stream
+        self._receive_stream = receive_stream
+        self._leftover = b""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Return 1 to ``max_bytes`` bytes; keeps the rest of a larger chunk for the next call."""
+        if not self._leftover:
+            self._leftover = await self._receive_stream.receive()
+        data, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
+        return data
+
+    async def send(self, item: bytes) -> None:
+        """Queue a copy of ``item`` for the peer (waits while the peer's buffer is full)."""
+        if item:
+            await self._send_stream.send(bytes(item))
+
+    async def send_eof(self) -> None:
+        """Close the sending direction: the peer sees EOF after the bytes already sent."""
+        await self._send_stream.aclose()
+
+    async def aclose(self) -> None:
+        """Close both directions."""
+        await self._send_stream.aclose()
+        await self._receive_stream.aclose()
+
+
+def memory_stream_pair(max_buffer_chunks: int = 16) -> tuple[MemoryByteStream, MemoryByteStream]:
+    """Two connected in-memory byte streams; each direction buffers up to ``max_buffer_chunks`` sends."""
+    a_send, b_receive = anyio.create_memory_object_stream[bytes](max_buffer_chunks)
+    b_send, a_receive = anyio.create_memory_object_stream[bytes](max_buffer_chunks)
+    return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
