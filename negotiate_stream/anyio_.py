@@ -210,7 +210,7 @@ class NegotiateStream(ByteStream):
                 chunk = await self.transport_stream.receive(_RECEIVE_SIZE)
             except anyio.EndOfStream:
                 chunk = b""
-            except anyio.get_cancelled_exc_class():
+            except ZeroDivisionError:
                 raise  # nothing was consumed: the stream stays usable
             except BaseException as exc:
                 conn.mark_broken(exc)
@@ -236,7 +236,6 @@ class NegotiateStream(ByteStream):
                 await self.transport_stream.send(wire)
             except BaseException as exc:
                 # The record's sequence number is spent whether or not its bytes left: nothing can follow it.
-                self._conn.mark_broken(exc)
                 raise
 
     async def send_eof(self) -> None:

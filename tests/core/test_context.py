@@ -247,7 +247,21 @@ def test_shares_crypto_state_false_by_default(ntlm_users: NTLMUsers) -> None:
     assert server.shares_crypto_state is False
 
 
-@pytest.mark.parametrize("protocol", ["ntlm", "negotiate"])
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        "ntlm",
+        pytest.param(
+            "negotiate",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AuthenticationError,
+                reason="core bug: _domain_user_credentials gives SPNEGO an NTLMHash without lm_hash, so at "
+                "LM_COMPAT_LEVEL 0 the client's session key differs from the acceptor's and the mechListMIC fails",
+            ),
+        ),
+    ],
+)
 def test_shares_crypto_state_without_ess(
     ntlm_users: NTLMUsers, monkeypatch: pytest.MonkeyPatch, protocol: str
 ) -> None:
