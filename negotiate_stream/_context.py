@@ -286,9 +286,12 @@ class SecurityContext:
             return kerberos
         if self.requested_protocol == "ntlm":
             return f"{domain}\\{user}"
-        from spnego._ntlm_raw.crypto import ntowfv1  # hashing only; still inside the pyspnego border
+        from spnego._ntlm_raw.crypto import lmowfv1, ntowfv1  # hashing only; still inside the pyspnego border
 
-        ntlm = spnego.NTLMHash(username=f"{domain}\\{user}", nt_hash=ntowfv1(password).hex())
+        # Both hashes: with LM_COMPAT_LEVEL=0 (no ESS) the session key is derived from the LM hash too.
+        ntlm = spnego.NTLMHash(
+            username=f"{domain}\\{user}", lm_hash=lmowfv1(password).hex(), nt_hash=ntowfv1(password).hex()
+        )
         return [ntlm, kerberos]
 
     def _new_server(self, service: str, host: str, bindings: GssChannelBindings | None, context_req: ContextReq) -> Any:

@@ -11,17 +11,19 @@
 every accepted connection; :func:`memory_stream_pair` gives two connected in-memory byte streams for tests.
 
 Concurrency follows the SSPI rule (one encryptor and one decryptor at a time): one :class:`anyio.Lock` per
-direction, so one task may send while another receives; concurrent senders queue in FIFO order and a send never
-interleaves its records with another's. When the session shares one cipher state for both directions (NTLM
-without Extended Session Security, :attr:`SessionInfo.shares_crypto_state`) the Connection calls of both
-directions are also serialised by one lock, held only around those synchronous calls, never across a socket wait.
-That state is also shared *across the two peers*: both must protect and unprotect records in the same global
-order, so the application protocol must be half-duplex (request/response); simultaneous traffic in both
-directions fails the integrity check on both ends.
+direction, so one task may send while another receives. Concurrent senders queue in FIFO order (anyio locks are
+fair) and a send never interleaves its records with another's; concurrent receivers queue the same way.
+
+When the session shares one cipher state for both directions (NTLM without Extended Session Security,
+:attr:`SessionInfo.shares_crypto_state`) both directions also take ONE shared crypto lock, held around each
+protect/unprotect step but never across a transport wait: holding it while a receiver waits for the peer would
+deadlock the usual "reader task + writer task" client, whose reader waits for the reply to a request the writer
+could then never send. Such a session must also be half-duplex (request/response) on the wire, because the cipher
+state is in step *across the two peers* too: records crossing on the wire fail the integrity check on both ends.
 
 Errors are sticky: after any failure every later call raises :class:`BrokenStreamError` chained to the first
-error. A cancelled :meth:`~NegotiateStream.receive` is harmless (received bytes stay buffered); a cancelled
-:meth:`~NegotiateStream.send` may have written part of a record, so it breaks the stream.
+error. A cancelled :meth:`~NegotiateStream.receive` loses nothing (received bytes stay buffered in the
+Connection); a cancelled :meth:`~NegotiateStream.send` may have written part of a record, so it breaks the stream.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 
 from ._connection import NEED_DATA, Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
 from ._context import ProtectionLevel, SecurityContext
-from .errors import HandshakeTimeoutError, LocalProtocolError
+from .errors import BrokenStreamError, HandshakeTimeoutError, LocalProtocolError, StreamClosedError
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing_extensions import Buffer, Unpack
 
     from ._context import ContextOptions
 
@@ -60,6 +62,9 @@ logger = logging.getLogger("negotiate_stream")
 #: Seconds a handshake may take before :class:`HandshakeTimeoutError` (``None`` waits forever).
 DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 _RECEIVE_SIZE = 256 * 1024
+# Records protected per transport write: large enough to amortise the write, small enough that a huge send()
+# does not hold a second full copy of its data in memory.
+_RECORDS_PER_WRITE = 16
 # How long a failing handshake may spend telling the peer why (the Error frame) before the transport is closed.
 _ERROR_FRAME_TIMEOUT = 5.0
 
@@ -84,7 +89,8 @@ class NegotiateStream(ByteStream):
 
     :meth:`receive` returns verified plaintext and raises :class:`anyio.EndOfStream` when the peer closed at a
     record boundary; :meth:`send` protects and writes. Protocol failures raise the typed errors of
-    :mod:`negotiate_stream.errors`; use after :meth:`aclose` raises :class:`anyio.ClosedResourceError`.
+    :mod:`negotiate_stream.errors`, and every call after a failure raises :class:`BrokenStreamError`; any call
+    after :meth:`aclose` raises :class:`anyio.ClosedResourceError`.
     """
 
     def __init__(self, transport_stream: ByteStream, connection: Connection, info: SessionInfo) -> None:
@@ -94,16 +100,18 @@ class NegotiateStream(ByteStream):
         self._info = info
         self._receive_lock = anyio.Lock()
         self._send_lock = anyio.Lock()
-        # A threading lock, not an anyio one: it is held only around synchronous Connection calls, so it is
-        # never contended on the event loop thread, and it still protects the cipher state should a caller ever
-        # move those calls to a worker thread.
+        # Held only around synchronous Connection calls (never across an await): each call already runs to
+        # completion on the event loop thread, and the lock keeps that true should a caller ever move them to
+        # a worker thread.
         self._crypto_lock: contextlib.AbstractContextManager[object] = (
             threading.Lock() if info.shares_crypto_state else contextlib.nullcontext()
         )
         self._plaintext = b""
         self._offset = 0
-        self._eof = False
+        self._eof_received = False
+        self._eof_sent = False
         self._closed = False
+        self._write_size = max(1, info.sizes.max_message) * _RECORDS_PER_WRITE
 
     @classmethod
     async def wrap(
@@ -118,10 +126,10 @@ class NegotiateStream(ByteStream):
         """Authenticate over ``transport_stream`` and return the protected stream.
 
         ``options`` build the :class:`SecurityContext` unless ``context`` is given. On failure the MS-NNS Error
-        frame (if any) is sent, ``transport_stream`` is closed and the typed error raised:
-        :class:`AuthenticationError` (or :class:`HandshakeError` when the peer rejected us),
-        :class:`HandshakeTimeoutError` after ``handshake_timeout`` seconds, a :class:`RemoteProtocolError` for
-        garbage from the peer.
+        frame (if the Connection queued one) is sent, ``transport_stream`` is closed and the typed error raised:
+        :class:`AuthenticationError` (:class:`HandshakeError` when the peer rejected us),
+        :class:`HandshakeTimeoutError` after ``handshake_timeout`` seconds, :class:`TruncatedStreamError` when
+        the peer closed during the handshake, another :class:`RemoteProtocolError` for garbage from the peer.
         """
         try:
             connection = Connection(context or SecurityContext.create(server_side, **options))
@@ -169,19 +177,20 @@ class NegotiateStream(ByteStream):
     # -- receive side -----------------------------------------------------------------------------------------
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        """Return 1 to ``max_bytes`` verified plaintext bytes, waiting for them if needed.
+        """Return 1 to ``max_bytes`` verified plaintext bytes, waiting for them if needed (never ``b""``).
 
-        Raises :class:`anyio.EndOfStream` once the peer closed at a record boundary,
-        :class:`TruncatedStreamError` if it closed inside a record, :class:`IntegrityError` for a record that
-        fails its check (nothing of it is returned), :class:`BrokenStreamError` after any earlier failure.
-        Cancelling a receive loses nothing: bytes already read stay buffered for the next call.
+        The rest of a record larger than ``max_bytes`` is kept for the next call. Raises
+        :class:`anyio.EndOfStream` once the peer closed at a record boundary, :class:`TruncatedStreamError` if it
+        closed inside a record, :class:`IntegrityError` for a record that fails its check (nothing of it is
+        returned), :class:`BrokenStreamError` after any earlier failure. A cancelled receive loses nothing: bytes
+        already read stay buffered for the next call.
         """
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
         async with self._receive_lock:
-            self._check_open()
+            self._check_usable()
             while self._offset >= len(self._plaintext):
-                if self._eof:
+                if self._eof_received:
                     raise anyio.EndOfStream
                 await self._fill()
             start = self._offset
@@ -192,7 +201,7 @@ class NegotiateStream(ByteStream):
             return self._plaintext[start:end]
 
     async def _fill(self) -> None:
-        """Produce the next plaintext chunk (or the EOF flag), reading from the transport as needed."""
+        """Produce the next plaintext record (or the EOF flag), reading from the transport as needed."""
         conn = self._conn
         while True:
             with self._crypto_lock:
@@ -201,64 +210,83 @@ class NegotiateStream(ByteStream):
                 self._plaintext, self._offset = event.data, 0
                 return
             if isinstance(event, EndOfStream):
-                self._eof = True
+                self._eof_received = True
                 return
             if isinstance(event, HandshakeComplete):  # pragma: no cover - wrap() consumed it
                 continue
-            assert event is NEED_DATA
             try:
                 chunk = await self.transport_stream.receive(_RECEIVE_SIZE)
             except anyio.EndOfStream:
                 chunk = b""
-            except ZeroDivisionError:
+            except anyio.get_cancelled_exc_class():
                 raise  # nothing was consumed: the stream stays usable
             except BaseException as exc:
-                conn.mark_broken(exc)
+                if not self._closed:
+                    # A reset or failed read: the next read might pass for a clean EOF; never allow that.
+                    conn.mark_broken(exc)
                 raise
             conn.receive_data(chunk)
 
     # -- send side --------------------------------------------------------------------------------------------
 
-    async def send(self, item: bytes) -> None:
-        """Protect and send all of ``item`` (records of at most 0xFC00 plaintext bytes); empty sends nothing.
+    async def send(self, item: Buffer) -> None:
+        """Protect and send all of ``item`` (records of at most ``session_info.sizes.max_message`` bytes).
 
-        Concurrent senders are served in FIFO order and never interleave records. If the transport send fails
-        or is cancelled, part of a record may be out and the peer's sequence state is unknown: the stream is
-        broken (later calls raise :class:`BrokenStreamError`).
+        An empty ``item`` sends nothing. Concurrent senders are served in FIFO order and never interleave
+        records: all records of one call go out under the send lock. If the transport send fails or is
+        cancelled, part of a record may be out and the peer's sequence state is unknown: the error propagates
+        and the stream is broken (later calls raise :class:`BrokenStreamError`). Raises
+        :class:`StreamClosedError` after :meth:`send_eof`.
         """
+        view = memoryview(item).cast("B")
         async with self._send_lock:
-            self._check_open()
-            with self._crypto_lock:
-                wire = self._conn.send(item)
-            if not wire:
-                return
-            try:
-                await self.transport_stream.send(wire)
-            except BaseException as exc:
-                # The record's sequence number is spent whether or not its bytes left: nothing can follow it.
-                raise
+            self._check_usable()
+            if self._eof_sent:
+                # Checked before a sequence number is spent on a record that could never be written.
+                raise StreamClosedError("cannot send after send_eof(): the sending side is closed")
+            step = self._write_size
+            for start in range(0, len(view), step):
+                with self._crypto_lock:
+                    wire = self._conn.send(view[start : start + step])
+                try:
+                    await self.transport_stream.send(wire)
+                except BaseException as exc:
+                    # The records' sequence numbers are spent whether or not their bytes left: nothing can
+                    # follow them, so a failed or cancelled write ends the stream.
+                    self._conn.mark_broken(exc)
+                    raise
 
     async def send_eof(self) -> None:
         """Half-close: MS-NNS has no close message, so this closes the wrapped stream's sending side.
 
-        The peer then sees a clean EOF at a record boundary (:class:`anyio.EndOfStream`); receiving still works.
-        Raises :class:`NotImplementedError` if the wrapped stream cannot half-close.
+        Waits for queued sends, then calls the transport's ``send_eof`` (once; later calls do nothing): the peer
+        sees a clean EOF at a record boundary (:class:`anyio.EndOfStream`) while this side can still receive.
+        Raises :class:`NotImplementedError` when the wrapped stream cannot half-close (e.g. a TLS stream).
         """
         async with self._send_lock:
-            self._check_open()
+            self._check_usable()
+            if self._eof_sent:
+                return
             await self.transport_stream.send_eof()
+            self._eof_sent = True
 
     async def aclose(self) -> None:
-        """Close the stream and the wrapped stream (idempotent)."""
+        """Close this stream and the wrapped stream (idempotent)."""
         if self._closed:
             return
         self._closed = True
         self._conn.close()
         await self.transport_stream.aclose()
 
-    def _check_open(self) -> None:
+    def _check_usable(self) -> None:
+        """Refuse use after :meth:`aclose` and, errors being sticky, any use after a failure."""
         if self._closed:
             raise anyio.ClosedResourceError
+        if self._conn.state is State.BROKEN:
+            cause = self._conn.broken_cause
+            raise BrokenStreamError(
+                f"the stream is broken by an earlier error ({cause!r}); close it and open a new connection"
+            ) from cause
 
     def __repr__(self) -> str:
         return f"<NegotiateStream {self._conn!r} over {self.transport_stream!r}>"
@@ -309,7 +337,11 @@ async def connect(
     context: SecurityContext | None = None,
     **options: Unpack[ContextOptions],
 ) -> NegotiateStream:
-    """Connect over TCP and authenticate as a client; the target defaults to ``host/<host>``."""
+    """Connect over TCP (:func:`anyio.connect_tcp`) and authenticate as a client.
+
+    The target defaults to ``host/<host>``. Raises what :meth:`NegotiateStream.wrap` raises, or the connect
+    error (:class:`OSError`).
+    """
     options.setdefault("target", f"host/{host}")
     stream = await anyio.connect_tcp(host, port)
     return await NegotiateStream.wrap(stream, handshake_timeout=handshake_timeout, context=context, **options)
@@ -318,8 +350,9 @@ async def connect(
 class NegotiateListener(Listener[NegotiateStream]):
     """Wrap any anyio byte-stream listener: every accepted connection is authenticated as a server.
 
-    A failed (or timed-out) handshake is logged on the ``negotiate_stream`` logger as a warning with the peer
-    address and the error (never credentials) and closes only that connection; the listener keeps serving.
+    Each handshake runs in the connection's own task with ``handshake_timeout``. A failed (or timed-out)
+    handshake is logged on the ``negotiate_stream`` logger as a warning with the peer address and the error
+    (never credentials), closes only that connection, and the listener keeps serving.
     """
 
     def __init__(
@@ -337,9 +370,10 @@ class NegotiateListener(Listener[NegotiateStream]):
     async def serve(
         self, handler: Callable[[NegotiateStream], Awaitable[Any]], task_group: TaskGroup | None = None
     ) -> None:
-        """Accept connections forever; run ``handler(stream)`` for each one whose handshake succeeds.
+        """Accept connections until cancelled; run ``handler(stream)`` for each one whose handshake succeeds.
 
-        The handler owns the stream (close it when done). Handlers run in ``task_group`` if given.
+        The handler owns the stream (close it when done). Handlers run in ``task_group`` if given, as with the
+        wrapped listener's ``serve``.
         """
 
         async def authenticate(transport_stream: ByteStream) -> None:
@@ -350,7 +384,8 @@ class NegotiateListener(Listener[NegotiateStream]):
                     transport_stream, server_side=True, handshake_timeout=self.handshake_timeout, **self._options
                 )
             except Exception as exc:
-                logger.warning("negotiate handshake with %s failed: %s", peer, exc)
+                # A handshake error is the client's problem (or an attack): report it, keep listening.
+                logger.warning("negotiate handshake with %s failed: %s: %s", peer, type(exc).__name__, exc)
                 return
             await handler(stream)
 
@@ -383,14 +418,21 @@ class MemoryByteStream(ByteStream):
         self._leftover = b""
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        """Return 1 to ``max_bytes`` bytes; keeps the rest of a larger chunk for the next call."""
+        """Return 1 to ``max_bytes`` bytes; keeps the rest of a larger chunk for the next call.
+
+        Raises :class:`anyio.EndOfStream` after the peer's :meth:`send_eof` or :meth:`aclose`.
+        """
         if not self._leftover:
             self._leftover = await self._receive_stream.receive()
         data, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
         return data
 
     async def send(self, item: bytes) -> None:
-        """Queue a copy of ``item`` for the peer (waits while the peer's buffer is full)."""
+        """Queue a copy of ``item`` for the peer (waits while the peer's buffer is full); empty sends nothing.
+
+        Raises :class:`anyio.ClosedResourceError` after :meth:`send_eof`, :class:`anyio.BrokenResourceError`
+        when the peer closed.
+        """
         if item:
             await self._send_stream.send(bytes(item))
 
@@ -399,13 +441,17 @@ class MemoryByteStream(ByteStream):
         await self._send_stream.aclose()
 
     async def aclose(self) -> None:
-        """Close both directions."""
+        """Close both directions (idempotent)."""
         await self._send_stream.aclose()
         await self._receive_stream.aclose()
 
 
-def memory_stream_pair(max_buffer_chunks: int = 16) -> tuple[MemoryByteStream, MemoryByteStream]:
-    """Two connected in-memory byte streams; each direction buffers up to ``max_buffer_chunks`` sends."""
+def memory_stream_pair(max_buffer_chunks: float = 16) -> tuple[MemoryByteStream, MemoryByteStream]:
+    """Return two connected in-memory byte streams.
+
+    Each direction buffers up to ``max_buffer_chunks`` sends (``0``: a send waits for the peer's receive;
+    ``math.inf``: never waits).
+    """
     a_send, b_receive = anyio.create_memory_object_stream[bytes](max_buffer_chunks)
     b_send, a_receive = anyio.create_memory_object_stream[bytes](max_buffer_chunks)
     return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)

@@ -2,18 +2,23 @@
 
 ::
 
-    with NegotiateSocket.client(socket.create_connection((host, port)), target=f"host/{host}") as sock:
+    with create_connection(("server.example.com", 5000), credentials=creds) as sock:
         sock.sendall(b"request")
         reply = sock.recv(65536)
 
 Thread-safety follows the SSPI rule: one encryptor and one decryptor at a time, never two of either. A reader
-thread and a writer thread may use one NegotiateSocket at once; two readers (or two writers) are serialised by a
-per-direction lock, so a record is never interleaved. When the session shares one crypto state for both
-directions (NTLM without Extended Session Security) the two directions share one lock.
+thread and a writer thread may use one NegotiateSocket at once. Two readers (or two writers) are serialised by a
+per-direction lock: each call completes before the next starts, so records never interleave, but which reader
+gets which bytes is up to the scheduler, so give each direction one owner. When the session shares one crypto
+state for both directions (NTLM without Extended Session Security, :attr:`SessionInfo.shares_crypto_state`) both
+directions also take ONE shared lock around every protect/unprotect step. It is never held across a socket wait:
+a reader blocked on the socket must not stop the writer from sending the request it waits the reply to. Such a
+session must be half-duplex on the wire as well (see :class:`~negotiate_stream.Connection`).
 
-Timeouts come from the socket (``settimeout``); a timeout raises :class:`TimeoutError`. A timeout while reading
-keeps what was received in the Connection's buffer, so the next ``recv`` continues correctly; a timeout while
-writing may have sent part of a record, so it breaks the stream.
+Timeouts come from the socket (``settimeout``) and raise :class:`TimeoutError` (``socket.timeout``). A timeout
+while reading loses nothing: the bytes of a partly received record stay in the Connection's buffer, so the next
+``recv`` continues correctly. A timeout while writing may have sent part of a record, so it breaks the stream.
+Errors are sticky: after any failure every later call raises :class:`BrokenStreamError` chained to it.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._connection import Connection, Data, EndOfStream, HandshakeComplete, SessionInfo
-from ._context import SecurityContext
-from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError
+from ._connection import Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
+from ._context import ProtectionLevel, SecurityContext
+from .errors import BrokenStreamError, HandshakeTimeoutError, NegotiateError, StreamClosedError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Unpack
@@ -36,18 +41,30 @@ if TYPE_CHECKING:
 __all__ = ["NegotiateSocket", "SocketLike", "create_connection"]
 
 _RECV_SIZE = 256 * 1024
+# Records protected per socket write: amortises the syscall without a second full copy of a huge sendall().
+_RECORDS_PER_WRITE = 16
+# Errors after which a read can simply be retried: the socket consumed nothing.
+_RETRYABLE_READ_ERRORS = (TimeoutError, BlockingIOError, InterruptedError)
 
 
 class SocketLike(Protocol):
-    """What NegotiateSocket needs from the wrapped object (``shutdown``/``close`` are used when present)."""
+    """What NegotiateSocket needs from the wrapped object.
 
-    def recv(self, bufsize: int, /) -> bytes: ...
+    ``shutdown``, ``close``, ``settimeout`` and ``gettimeout`` are used when present.
+    """
 
-    def sendall(self, data: Buffer, /) -> Any: ...
+    def recv(self, bufsize: int, /) -> bytes:
+        """Return up to ``bufsize`` bytes, ``b""`` at EOF."""
+        ...
+
+    def sendall(self, data: Buffer, /) -> Any:
+        """Send all of ``data``."""
+        ...
 
 
 class NegotiateSocket:
-    """A blocking, negotiate-protected socket. Build it with :meth:`client` or :meth:`server`."""
+    """A blocking, negotiate-protected socket. Build it with :meth:`client`, :meth:`server` or
+    :func:`create_connection`; it owns (and closes) the wrapped socket."""
 
     def __init__(self, sock: SocketLike, connection: Connection) -> None:
         """Wrap ``sock`` with a Connection; prefer :meth:`client` / :meth:`server`, which also handshake."""
@@ -55,11 +72,14 @@ class NegotiateSocket:
         self._conn = connection
         self._recv_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._plaintext = bytearray()
-        self._eof = False
+        self._plaintext = b""
+        self._offset = 0
+        self._eof_received = False
+        self._eof_sent = False
+        self._closed = False
         self._info: SessionInfo | None = None
-        # Guards protect/unprotect when both directions share one cipher state (NTLM without ESS); the socket
-        # calls stay outside it so a blocked reader never stalls the writer.
+        self._write_size = 0xFC00 * _RECORDS_PER_WRITE
+        # Replaced by a real lock after the handshake when both directions share one cipher state.
         self._crypto_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
 
     # -- construction and handshake --------------------------------------------------------------------------
@@ -68,14 +88,23 @@ class NegotiateSocket:
     def client(
         cls, sock: SocketLike, *, context: SecurityContext | None = None, **options: Unpack[ContextOptions]
     ) -> NegotiateSocket:
-        """Authenticate to the server on ``sock`` and return the protected socket (raises AuthenticationError)."""
+        """Authenticate to the server on the connected ``sock`` and return the protected socket.
+
+        ``options`` build the :class:`SecurityContext` unless ``context`` is given. The socket's timeout bounds
+        each handshake read. On failure the MS-NNS Error frame (if any) is sent, ``sock`` is closed and the
+        typed error raised: :class:`AuthenticationError` (:class:`HandshakeError` when the server rejected us),
+        :class:`HandshakeTimeoutError`, :class:`TruncatedStreamError`, another :class:`RemoteProtocolError`.
+        """
         return cls._open(sock, context or SecurityContext.create(False, **options))
 
     @classmethod
     def server(
         cls, sock: SocketLike, *, context: SecurityContext | None = None, **options: Unpack[ContextOptions]
     ) -> NegotiateSocket:
-        """Authenticate the client on ``sock`` and return the protected socket (raises AuthenticationError)."""
+        """Authenticate the client on the connected ``sock`` and return the protected socket.
+
+        Fails like :meth:`client`; a rejected client gets an MS-NNS Error frame before ``sock`` is closed.
+        """
         return cls._open(sock, context or SecurityContext.create(True, **options))
 
     @classmethod
@@ -103,12 +132,14 @@ class NegotiateSocket:
                 self._pump()
                 self._flush_handshake()
         except NegotiateError:
-            # Any handshake failure (bad credentials, garbage, truncation) queues an MS-NNS Error frame that
-            # tells the peer why; failing to deliver it must not hide the real error.
+            # A handshake failure of ours (bad credentials, garbage, truncation) queues an MS-NNS Error frame
+            # that tells the peer why; failing to deliver it must not hide the real error.
             with contextlib.suppress(OSError):
                 self._flush_handshake()
             raise
-        if self._info.shares_crypto_state:
+        info = self._info
+        self._write_size = max(1, info.sizes.max_message) * _RECORDS_PER_WRITE
+        if info.shares_crypto_state:
             self._crypto_lock = threading.Lock()
 
     def _flush_handshake(self) -> None:
@@ -117,47 +148,71 @@ class NegotiateSocket:
             self._sock.sendall(out)
 
     def _pump(self) -> None:
-        """Receive once and turn what arrived into events (plaintext is buffered)."""
+        """Turn received bytes into one event, reading from the socket as needed."""
         conn = self._conn
         while True:
             with self._crypto_lock:
                 event = conn.next_event()
             if isinstance(event, Data):
-                self._plaintext += event.data
+                self._plaintext, self._offset = event.data, 0
                 return
             if isinstance(event, HandshakeComplete):
                 self._info = event.info
                 return
             if isinstance(event, EndOfStream):
-                self._eof = True
+                self._eof_received = True
                 return
             self._flush_handshake()
             try:
                 chunk = self._sock.recv(_RECV_SIZE)
-            except (TimeoutError, BlockingIOError, InterruptedError):
+            except _RETRYABLE_READ_ERRORS:
                 raise  # nothing was consumed: a later call continues where this one stopped
-            except OSError as exc:
+            except BaseException as exc:
                 # A reset or failed read: a later recv() might return b"" and pass for a clean EOF; never allow it.
                 conn.mark_broken(exc)
                 raise
             conn.receive_data(chunk)
 
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StreamClosedError("the NegotiateSocket was closed by this side")
+        if self._conn.state is State.BROKEN:
+            cause = self._conn.broken_cause
+            raise BrokenStreamError(
+                f"the stream is broken by an earlier error ({cause!r}); close it and open a new connection"
+            ) from cause
+
     # -- receive side ---------------------------------------------------------------------------------------------
 
     def recv(self, bufsize: int = 65536) -> bytes:
-        """Return up to ``bufsize`` verified plaintext bytes; ``b""`` once the peer closed at a record boundary."""
-        if bufsize == 0:
-            return b""
-        with self._recv_lock:
-            while not self._plaintext and not self._eof:
-                self._pump()
-            data = bytes(self._plaintext[:bufsize])
-            del self._plaintext[:bufsize]
-            return data
+        """Return 1 to ``bufsize`` verified plaintext bytes; ``b""`` once the peer closed at a record boundary.
 
-    def recv_into(self, buffer: memoryview | bytearray, nbytes: int = 0) -> int:
-        """Like :meth:`socket.socket.recv_into`."""
+        Raises :class:`TimeoutError` when the socket's timeout expires (the stream stays usable),
+        :class:`TruncatedStreamError` when the peer closed inside a record, :class:`IntegrityError` for a record
+        that fails its check (nothing of it is returned), :class:`BrokenStreamError` after any earlier failure.
+        """
+        if bufsize < 0:
+            raise ValueError("bufsize must not be negative")
+        with self._recv_lock:
+            self._check_usable()
+            if bufsize == 0:
+                return b""
+            while self._offset >= len(self._plaintext):
+                if self._eof_received:
+                    return b""
+                self._pump()
+            start = self._offset
+            end = min(start + bufsize, len(self._plaintext))
+            self._offset = end
+            if start == 0 and end == len(self._plaintext):
+                return self._plaintext
+            return self._plaintext[start:end]
+
+    def recv_into(self, buffer: Buffer, nbytes: int = 0) -> int:
+        """Receive into a writable ``buffer`` (at most ``nbytes``, default its size); return the count, 0 at EOF."""
         view = memoryview(buffer).cast("B")
+        if nbytes < 0 or nbytes > len(view):
+            raise ValueError("nbytes must be between 0 and the buffer's size")
         data = self.recv(nbytes or len(view))
         view[: len(data)] = data
         return len(data)
@@ -165,42 +220,70 @@ class NegotiateSocket:
     # -- send side ------------------------------------------------------------------------------------------------
 
     def sendall(self, data: Buffer) -> None:
-        """Protect and send all of ``data`` (records of at most 0xFC00 plaintext bytes)."""
+        """Protect and send all of ``data`` (records of at most ``session_info.sizes.max_message`` bytes).
+
+        An empty ``data`` sends nothing. If the socket write fails or times out, part of a record may be out:
+        the error propagates and the stream is broken (later calls raise :class:`BrokenStreamError`). Raises
+        :class:`StreamClosedError` after ``shutdown(SHUT_WR)``.
+        """
+        view = memoryview(data).cast("B")
         with self._send_lock:
-            with self._crypto_lock:
-                wire = self._conn.send(memoryview(data))
-            if not wire:
-                return
-            try:
-                self._sock.sendall(wire)
-            except BaseException as exc:
-                # Part of a record may be out: the peer's sequence state is unknown, so the stream is over.
-                self._conn.mark_broken(exc)
-                raise
+            self._check_usable()
+            if self._eof_sent:
+                raise StreamClosedError("cannot send after shutdown(SHUT_WR)")
+            step = self._write_size
+            for start in range(0, len(view), step):
+                with self._crypto_lock:
+                    wire = self._conn.send(view[start : start + step])
+                try:
+                    self._sock.sendall(wire)
+                except BaseException as exc:
+                    # The records' sequence numbers are spent whether or not their bytes left: nothing can follow.
+                    self._conn.mark_broken(exc)
+                    raise
 
     def send(self, data: Buffer) -> int:
-        """Send all of ``data`` (a record is all or nothing); returns its length."""
+        """Send all of ``data`` like :meth:`sendall` (a record is all or nothing); return its length."""
         self.sendall(data)
         return memoryview(data).nbytes
 
     def shutdown(self, how: int = socket.SHUT_WR) -> None:
-        """Half-close: MS-NNS has no close message, so the peer sees EOF at a record boundary (a clean end)."""
+        """Shut down the wrapped socket (``SHUT_WR`` half-closes: MS-NNS has no close message).
+
+        After ``SHUT_WR`` (or ``SHUT_RDWR``) the peer sees a clean EOF at a record boundary and this side can
+        still receive. Raises :class:`NotImplementedError` when the wrapped object has no ``shutdown``.
+        """
         shutdown = getattr(self._sock, "shutdown", None)
-        if shutdown is not None:
+        if shutdown is None:
+            raise NotImplementedError(f"{type(self._sock).__name__} has no shutdown(): it cannot half-close")
+        with self._send_lock:
+            self._check_usable()
             shutdown(how)
+            if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+                self._eof_sent = True
 
     def close(self) -> None:
-        """Close the stream and the wrapped socket."""
+        """Close the stream and the wrapped socket (idempotent)."""
+        self._closed = True
         self._conn.close()
         _close_quietly(self._sock)
 
-    def makefile(self, mode: str = "rb", buffering: int = -1) -> io.BufferedIOBase:
-        """A buffered binary file over this socket (``"rb"``, ``"wb"`` or ``"rwb"``)."""
-        raw = _RawNegotiateIO(self, mode)
-        size = io.DEFAULT_BUFFER_SIZE if buffering < 0 else max(buffering, 1)
-        if "r" in mode and "w" in mode:
+    def makefile(self, mode: str = "rb", buffering: int = -1) -> io.BufferedIOBase | io.RawIOBase:
+        """Return a binary file over this socket: ``"rb"`` (:class:`io.BufferedReader`), ``"wb"``
+        (:class:`io.BufferedWriter`) or ``"rwb"`` (:class:`io.BufferedRWPair`); ``buffering=0`` gives the raw file.
+
+        Reads return ``b""`` at EOF; writes go out when the buffer fills or on ``flush()``. Closing the file
+        leaves the socket open.
+        """
+        if not set(mode) <= {"r", "w", "b"} or "b" not in mode or not set(mode) & {"r", "w"}:
+            raise ValueError(f"invalid mode {mode!r}: use 'rb', 'wb' or 'rwb' (binary only)")
+        raw = _RawNegotiateIO(self, reading="r" in mode, writing="w" in mode)
+        if buffering == 0:
+            return raw
+        size = io.DEFAULT_BUFFER_SIZE if buffering < 0 else buffering
+        if raw.readable() and raw.writable():
             return io.BufferedRWPair(raw, raw, size)
-        if "w" in mode:
+        if raw.writable():
             return io.BufferedWriter(raw, size)
         return io.BufferedReader(raw, size)
 
@@ -213,19 +296,46 @@ class NegotiateSocket:
             raise StreamClosedError("no session: the handshake has not completed")
         return self._info
 
+    @property
+    def protocol(self) -> str | None:
+        """``"ntlm"`` or ``"kerberos"``."""
+        return self.session_info.protocol
+
+    @property
+    def peer_identity(self) -> str | None:
+        """Server side: the authenticated client (``DOMAIN\\user``); client side: the target SPN."""
+        return self.session_info.peer_identity
+
+    @property
+    def protection_level(self) -> ProtectionLevel:
+        """The negotiated :class:`ProtectionLevel`."""
+        return self.session_info.protection_level
+
+    @property
+    def mutually_authenticated(self) -> bool:
+        """True when the server proved its identity too (Kerberos)."""
+        return self.session_info.mutually_authenticated
+
+    @property
+    def connection(self) -> Connection:
+        """The sans-I/O :class:`Connection` (for inspection; do not drive it directly)."""
+        return self._conn
+
     def settimeout(self, timeout: float | None) -> None:
-        """Set the wrapped socket's timeout (used for every later blocking call)."""
+        """Set the wrapped socket's timeout, used by every later blocking call."""
         self._sock.settimeout(timeout)  # type: ignore[attr-defined]
 
     def gettimeout(self) -> float | None:
-        """The wrapped socket's timeout."""
+        """Return the wrapped socket's timeout."""
         timeout: float | None = self._sock.gettimeout()  # type: ignore[attr-defined]
         return timeout
 
     def __enter__(self) -> NegotiateSocket:
+        """Return self; the ``with`` block closes the socket at its end."""
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Close the socket."""
         self.close()
 
     def __repr__(self) -> str:
@@ -233,23 +343,30 @@ class NegotiateSocket:
 
 
 class _RawNegotiateIO(io.RawIOBase):
-    """The raw layer under :meth:`NegotiateSocket.makefile`."""
+    """The raw layer under :meth:`NegotiateSocket.makefile`; closing it leaves the socket open."""
 
-    def __init__(self, sock: NegotiateSocket, mode: str) -> None:
+    def __init__(self, sock: NegotiateSocket, *, reading: bool, writing: bool) -> None:
         super().__init__()
         self._nsock = sock
-        self._mode = mode
+        self._reading = reading
+        self._writing = writing
 
     def readable(self) -> bool:
-        return "r" in self._mode
+        return self._reading
 
     def writable(self) -> bool:
-        return "w" in self._mode
+        return self._writing
 
     def readinto(self, buffer: Any) -> int:
+        self._checkClosed()
+        if not self._reading:
+            raise io.UnsupportedOperation("file not opened for reading")
         return self._nsock.recv_into(buffer)
 
     def write(self, data: Any) -> int:
+        self._checkClosed()
+        if not self._writing:
+            raise io.UnsupportedOperation("file not opened for writing")
         self._nsock.sendall(data)
         return memoryview(data).nbytes
 
@@ -268,7 +385,11 @@ def create_connection(
     context: SecurityContext | None = None,
     **options: Unpack[ContextOptions],
 ) -> NegotiateSocket:
-    """Connect over TCP and authenticate as a client; the target defaults to ``host/<host>``."""
+    """Connect over TCP (:func:`socket.create_connection`) and authenticate as a client.
+
+    ``timeout`` bounds the connect and every later blocking call (``None``: block). The target defaults to
+    ``host/<host>``. Raises the connect :class:`OSError` or what :meth:`NegotiateSocket.client` raises.
+    """
     options.setdefault("target", f"host/{address[0]}")
     sock = socket.create_connection(address, timeout=timeout)
     return NegotiateSocket.client(sock, context=context, **options)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ..errors import FramingError
+
 FrameT = TypeVar("FrameT")
 
 #: ``parse(buffer, start) -> (frame, end) | None``; raises FramingError on an invalid header.
@@ -28,6 +30,7 @@ class FrameDecoder(Generic[FrameT]):
     def __init__(self, parse: ParseFunction[FrameT]) -> None:
         self._parse = parse
         self._buffer = bytearray()
+        self._error: FramingError | None = None
         self.consumed = 0
 
     @property
@@ -36,16 +39,31 @@ class FrameDecoder(Generic[FrameT]):
         return len(self._buffer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[FrameT]:
-        """Append ``data`` and return every frame it completes (possibly none)."""
+        """Append ``data`` and return every frame it completes (possibly none).
+
+        An invalid header raises :class:`FramingError` and makes the decoder unusable (every later call raises
+        the same error). Frames completed before the invalid header in the same chunk are returned first; the
+        error follows on the next call, so the outcome never depends on how the bytes were chunked.
+        """
+        if self._error is not None:
+            raise self._error
         self._buffer += data
         frames: list[FrameT] = []
         start = 0
-        while True:
-            parsed = self._parse(self._buffer, start)
-            if parsed is None:
-                break
-            frame, start = parsed
-            frames.append(frame)
+        try:
+            while True:
+                parsed = self._parse(self._buffer, start)
+                if parsed is None:
+                    break
+                frame, start = parsed
+                frames.append(frame)
+        except FramingError as exc:
+            self._error = exc
+            self.consumed += start
+            self._buffer.clear()  # nothing past a bad header is ever kept
+            if frames:
+                return frames
+            raise
         del self._buffer[:start]
         self.consumed += start
         return frames

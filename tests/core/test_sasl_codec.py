@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -30,7 +31,7 @@ def test_round_trip_any_chunking() -> None:
         decoder = sasl.record_decoder()
         bounds = [0, *cuts, len(wire)]
         got: list[bytes] = []
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in itertools.pairwise(bounds):
             got += decoder.feed(wire[start:end])
         assert got == tokens
         assert all(type(t) is bytes for t in got)
