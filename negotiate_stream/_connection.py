@@ -228,6 +228,15 @@ class Connection:
         if token is None:
             raise AuthenticationError("the initiator produced no first token", status=SEC_E_INTERNAL_ERROR)
         message_id = nns.MessageId.HANDSHAKE_DONE if self.context.complete else nns.MessageId.HANDSHAKE_IN_PROGRESS
+        self._queue_handshake(message_id, token)
+
+    def _queue_handshake(self, message_id: nns.MessageId, token: bytes) -> None:
+        if len(token) > nns.MAX_HANDSHAKE_PAYLOAD:
+            raise AuthenticationError(
+                f"our {len(token)}-byte handshake token exceeds the MS-NNS limit of {nns.MAX_HANDSHAKE_PAYLOAD} "
+                "bytes (an oversized token from the peer, or a Kerberos ticket with a very large PAC)",
+                status=SEC_E_INTERNAL_ERROR,
+            )
         self._outgoing += nns.encode_handshake(message_id, token)
 
     def _fail_handshake(self, exc: NegotiateError) -> None:
@@ -258,16 +267,16 @@ class Connection:
             if context.complete:
                 if context.is_server:
                     # The server always ends with HandshakeDone, empty when it has no final token.
-                    self._outgoing += nns.encode_handshake(nns.MessageId.HANDSHAKE_DONE, token or b"")
+                    self._queue_handshake(nns.MessageId.HANDSHAKE_DONE, token or b"")
                     self._peer_done = True
                 elif token is not None:
-                    self._outgoing += nns.encode_handshake(nns.MessageId.HANDSHAKE_DONE, token)
+                    self._queue_handshake(nns.MessageId.HANDSHAKE_DONE, token)
             elif token is None:
                 raise AuthenticationError(
                     "authentication is incomplete but produced no token to send", status=SEC_E_INTERNAL_ERROR
                 )
             else:
-                self._outgoing += nns.encode_handshake(nns.MessageId.HANDSHAKE_IN_PROGRESS, token)
+                self._queue_handshake(nns.MessageId.HANDSHAKE_IN_PROGRESS, token)
         if context.complete and self._peer_done:
             self._establish()
 
@@ -401,6 +410,8 @@ class Connection:
             if self._state is State.HANDSHAKING:
                 raise LocalProtocolError("cannot send application data before the handshake completes")
             self._check_usable("send")
+        if isinstance(data, memoryview) and data.itemsize != 1:
+            data = data.cast("B")  # record limits count bytes, not items
         if not data:
             return b""
         if not self._framed:

@@ -103,6 +103,10 @@ class NegotiateError(Exception):
         super().__init__(message)
         self.status: int | None = status if status is not None else self.default_status
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep copy/pickle working (e.g. across process pools): rebuild from the message, restore the status.
+        return (type(self), self.args, {"status": self.status})
+
     def __str__(self) -> str:
         text = super().__str__()
         if self.status is not None:
@@ -141,6 +145,9 @@ class HandshakeError(AuthenticationError):
             status=error_code,
         )
         self.error_code = error_code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.error_code,))
 
 
 class ProtectionLevelError(AuthenticationError):

@@ -31,6 +31,7 @@ from negotiate_stream.errors import (
     HandshakeError,
     HandshakeTimeoutError,
     IntegrityError,
+    StreamClosedError,
     TruncatedStreamError,
 )
 from negotiate_stream.testing import NTLMUsers
@@ -142,6 +143,9 @@ async def test_both_directions_at_each_level(kind: str, level: str, ntlm_users: 
         assert await receive_exactly(client, 5) == b"pong!"
         await client.send(b"")  # an empty send writes nothing
         await client.send_eof()
+        await client.send_eof()  # idempotent
+        with pytest.raises(StreamClosedError):
+            await client.send(b"after send_eof")
         with pytest.raises(anyio.EndOfStream):
             await server.receive()
         with pytest.raises(anyio.EndOfStream):  # EOF stays EOF
@@ -266,6 +270,8 @@ async def test_tampered_record_raises_integrity_error_then_broken(kind: str, lev
         assert isinstance(broken.value.__cause__, IntegrityError)
         with pytest.raises(BrokenStreamError):
             await server.send(b"no")
+        with pytest.raises(BrokenStreamError):
+            await server.send_eof()
         tg.cancel_scope.cancel()
 
 
@@ -352,10 +358,11 @@ async def test_send_cancelled_mid_transfer_breaks_the_stream(kind: str, ntlm_use
                 await wait_all_tasks_blocked()
                 scope.cancel()
         assert scope.cancelled_caught
-        with pytest.raises(BrokenStreamError):
-            await client.send(b"more")
-        with pytest.raises(BrokenStreamError):
-            await client.receive()
+        with anyio.fail_after(10):  # a regression must fail, not hang
+            with pytest.raises(BrokenStreamError):
+                await client.send(b"more")
+            with pytest.raises(BrokenStreamError):
+                await client.receive()
 
 
 @pytest.mark.parametrize("kind", KINDS)
