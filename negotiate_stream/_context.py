@@ -184,6 +184,13 @@ def _kerberos_problem(text: str) -> AuthenticationError | None:
     return None
 
 
+def _data_error(exc: Exception, what: str) -> NegotiateError:
+    """Translate a pyspnego failure while protecting or unprotecting a record."""
+    if isinstance(exc, spnego_errors.ContextExpiredError):
+        return ContextExpiredError("the security context expired: reconnect and authenticate again")
+    return IntegrityError(f"{what}: {_pyspnego_context(exc)}")
+
+
 def _pyspnego_context(exc: BaseException) -> str:
     return str(getattr(exc, "message", None) or exc)
 
@@ -464,10 +471,8 @@ class SecurityContext:
             return self._protect(plaintext)
         except NegotiateError:
             raise
-        except spnego_errors.ContextExpiredError as exc:
-            raise ContextExpiredError("the security context expired: reconnect and authenticate again") from exc
         except Exception as exc:
-            raise IntegrityError(f"cannot protect outgoing data: {_pyspnego_context(exc)}", status=None) from exc
+            raise _data_error(exc, "cannot protect outgoing data") from exc
 
     def unprotect(self, payload: bytes) -> bytes:
         """Verify (and decrypt) one record payload; returns the plaintext or raises :class:`IntegrityError`.
@@ -479,12 +484,9 @@ class SecurityContext:
             return self._unprotect(payload)
         except NegotiateError:
             raise
-        except spnego_errors.ContextExpiredError as exc:
-            raise ContextExpiredError("the security context expired: reconnect and authenticate again") from exc
         except Exception as exc:
-            raise IntegrityError(
-                "a record failed its integrity check (tampered, replayed, reordered or dropped record): "
-                f"{_pyspnego_context(exc)}"
+            raise _data_error(
+                exc, "a record failed its integrity check (tampered, replayed, reordered or dropped record)"
             ) from exc
 
     def wrap_message(self, message: bytes, *, encrypt: bool = False) -> bytes:

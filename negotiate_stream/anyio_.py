@@ -253,6 +253,7 @@ class NegotiateStream(ByteStream):
                 except BaseException as exc:
                     # The records' sequence numbers are spent whether or not their bytes left: nothing can
                     # follow them, so a failed or cancelled write ends the stream.
+                    self._conn.mark_broken(exc)
                     raise
 
     async def send_eof(self) -> None:

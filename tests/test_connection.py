@@ -401,6 +401,7 @@ def test_sasl_framing_needs_a_complete_context(ntlm_users: NTLMUsers) -> None:
 
 
 def test_send_counts_bytes_of_multibyte_memoryview(ntlm_users: NTLMUsers) -> None:
+    """Regression: send() used len(data) (items) against the 0xFC00-byte limit and produced oversize records."""
     client, server = established(ntlm_users)
     view = memoryview(array.array("Q", range(0xFC00)))  # 0xFC00 items, 8 * 0xFC00 bytes
     wire = client.send(view)

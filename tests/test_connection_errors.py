@@ -21,7 +21,6 @@ from negotiate_stream import (
     HandshakeError,
     IntegrityError,
     LocalProtocolError,
-    NegotiateError,
     ProtectionLevelError,
     SecurityContext,
     State,
@@ -29,7 +28,12 @@ from negotiate_stream import (
     TruncatedStreamError,
 )
 from negotiate_stream._framing import nns
-from negotiate_stream.errors import SEC_E_INCOMPLETE_MESSAGE, SEC_E_INVALID_TOKEN, SEC_E_LOGON_DENIED
+from negotiate_stream.errors import (
+    SEC_E_INCOMPLETE_MESSAGE,
+    SEC_E_INTERNAL_ERROR,
+    SEC_E_INVALID_TOKEN,
+    SEC_E_LOGON_DENIED,
+)
 from negotiate_stream.testing import NTLMUsers, connection_pair, handshake
 
 ERROR_TRUST_FAILURE = 0x000006FE
@@ -235,6 +239,7 @@ def test_peer_error_frame_with_unknown_code(ntlm_users: NTLMUsers) -> None:
 
 
 def test_oversize_outgoing_handshake_token_is_a_typed_error(ntlm_users: NTLMUsers) -> None:
+    """Regression: a ValueError from encode_handshake escaped next_event(), leaving the stream HANDSHAKING."""
     client, server = connection_pair(ntlm_users)
     server.receive_data(client.data_to_send())
     drain(server)
@@ -259,10 +264,11 @@ def test_oversize_outgoing_handshake_token_is_a_typed_error(ntlm_users: NTLMUser
     client.receive_data(
         nns.encode_handshake(nns.MessageId.HANDSHAKE_IN_PROGRESS, bytes(header) + target_name + target_info)
     )
-    with pytest.raises(NegotiateError):
+    with pytest.raises(AuthenticationError, match="exceeds the MS-NNS limit") as info:
         client.next_event()
-    assert client.state is State.BROKEN
-    assert client.data_to_send()[:1] == b"\x15"
+    assert info.value.status == SEC_E_INTERNAL_ERROR
+    assert client.data_to_send() == b"\x15\x01\x00\x00\x08" + SEC_E_INTERNAL_ERROR.to_bytes(8, "big")
+    assert_broken_everywhere(client, info.value)
 
 
 # -- framing limits ------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import pytest
@@ -273,18 +272,22 @@ def test_bad_version_rejected_before_payload(version: tuple[int, int]) -> None:
     assert decoder.buffered <= HANDSHAKE_HEADER_SIZE
 
 
-def test_handshake_decoder_valid_frame_then_garbage() -> None:
-    """A frame and an invalid header in one chunk: the error is raised (the stream is dead either way)."""
+def test_handshake_decoder_valid_frame_then_garbage_in_one_chunk() -> None:
+    """The frame before an invalid header is returned; the error follows on the next call and stays."""
     decoder = handshake_decoder()
-    with pytest.raises(FramingError):
-        decoder.feed(encode_handshake(MessageId.HANDSHAKE_DONE) + b"\x99")
+    assert decoder.feed(encode_handshake(MessageId.HANDSHAKE_DONE) + b"\x99") == [
+        HandshakeFrame(MessageId.HANDSHAKE_DONE, b"")
+    ]
+    assert decoder.consumed == 5
+    assert decoder.buffered == 0
+    with pytest.raises(FramingError, match="0x99") as first:
+        decoder.feed(b"")
+    with pytest.raises(FramingError) as again:
+        decoder.feed(encode_handshake(MessageId.HANDSHAKE_DONE))
+    assert again.value is first.value
+    assert decoder.consumed == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: FrameDecoder.feed drops frames completed earlier in the same chunk when a later header is "
-    "invalid (frames and `consumed` then depend on the chunking)",
-)
 def test_frames_before_an_invalid_header_do_not_depend_on_chunking() -> None:
     good = NLMP_RECORD
     bad = (0).to_bytes(4, "little")
@@ -296,11 +299,12 @@ def test_frames_before_an_invalid_header_do_not_depend_on_chunking() -> None:
     assert frames_small == [good[4:]]
     assert byte_by_byte.consumed == len(good)
     at_once = record_decoder()
-    frames_big: list[bytes] = []
-    with contextlib.suppress(FramingError):
-        frames_big += at_once.feed(good + bad)
+    frames_big = at_once.feed(good + bad)
+    with pytest.raises(FramingError):
+        at_once.feed(b"")
     assert frames_big == frames_small
     assert at_once.consumed == byte_by_byte.consumed
+    assert at_once.buffered == 0  # nothing past a bad header is kept
 
 
 # -- splitting ----------------------------------------------------------------------------------------------------

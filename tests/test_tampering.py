@@ -6,6 +6,7 @@ none of the tampered bytes nor anything after them, and leave the stream broken 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,6 +43,15 @@ CONFIGS = [
     pytest.param("encrypt_and_sign", False, id="sealed-no-ess"),
     pytest.param("sign", False, id="signed-no-ess"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _no_kdc_dns_lookups(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail Kerberos fast: with python-gssapi installed, a ``negotiate`` client first tries a kinit for the test
+    realm, and DNS SRV lookups for its KDC can stall ~5 s each; NTLM fallback is what these tests exercise."""
+    config = tmp_path_factory.getbasetemp() / "krb5-no-dns.conf"
+    config.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
+    monkeypatch.setenv("KRB5_CONFIG", f"{config}:{os.environ.get('KRB5_CONFIG', '/etc/krb5.conf')}")
 
 
 @pytest.fixture
@@ -231,3 +241,23 @@ def test_tampered_record_after_handshake_in_the_same_chunk(
     with pytest.raises(IntegrityError):
         client.next_event()
     assert client.state is State.BROKEN
+
+
+@pytest.mark.parametrize("password", ["pw", "fourteen-chars", "a-much-longer-password-than-14", "Ünïcödé-パスワード"])
+@pytest.mark.parametrize("level", ["sign", "encrypt_and_sign"])
+def test_negotiate_without_ess_derives_matching_keys(
+    monkeypatch: pytest.MonkeyPatch, password: str, level: str
+) -> None:
+    """Regression: SPNEGO clients got an NT-hash-only credential, so without ESS (key from the LM hash) the
+    mechListMIC failed and the handshake was reported as rejected credentials."""
+    monkeypatch.setenv("LM_COMPAT_LEVEL", "0")
+    with NTLMUsers({"dave": password}) as users:
+        client, server = connection_pair(users, protocol="negotiate", protection_level=level)
+        client_info, server_info = handshake(client, server)
+        assert client_info.shares_crypto_state and server_info.shares_crypto_state
+        for i in range(3):
+            wire = client.send(b"ping %d" % i)
+            server.receive_data(wire)
+            assert server.next_event() == Data(b"ping %d" % i)
+            client.receive_data(server.send(b"pong %d" % i))
+            assert client.next_event() == Data(b"pong %d" % i)

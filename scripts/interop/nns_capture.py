@@ -122,8 +122,9 @@ def describe_token(tok: bytes) -> str:
         kind = "SPNEGO NegTokenResp (0xa1)"
         i = tok.find(b"\x0a\x01")  # negState ENUMERATED
         if 0 <= i < 12:
-            kind += " negState=" + {0: "accept-completed", 1: "accept-incomplete", 2: "reject",
-                                    3: "request-mic"}.get(tok[i + 2], str(tok[i + 2]))
+            kind += " negState=" + {0: "accept-completed", 1: "accept-incomplete", 2: "reject", 3: "request-mic"}.get(
+                tok[i + 2], str(tok[i + 2])
+            )
     i = tok.find(b"NTLMSSP\x00")
     if i >= 0 and len(tok) >= i + 12:
         t = int.from_bytes(tok[i + 8 : i + 12], "little")
@@ -154,8 +155,10 @@ def split_frames(buf: bytes, protection: str) -> list[tuple[bytes, str]]:
             mid, size = buf[pos], int.from_bytes(buf[pos + 3 : pos + 5], "big")
             frame = buf[pos : pos + 5 + size]
             payload = frame[5:]
-            note = (f"handshake {MSG_NAMES[mid]} 0x{mid:02x}, header {frame[:5].hex(' ')}, "
-                    f"payload {size} bytes (size field big-endian)")
+            note = (
+                f"handshake {MSG_NAMES[mid]} 0x{mid:02x}, header {frame[:5].hex(' ')}, "
+                f"payload {size} bytes (size field big-endian)"
+            )
             if len(frame) < 5 + size:
                 note += f" TRUNCATED: only {len(payload)} payload bytes on the wire"
             if mid == 0x15:
@@ -184,8 +187,10 @@ def split_frames(buf: bytes, protection: str) -> list[tuple[bytes, str]]:
         body = rec[4:]
         note = f"data record {record_no}: length {rec[:4].hex(' ')} = {n} (uint32 little-endian)"
         if len(body) >= 16 and body[:4] == b"\x01\x00\x00\x00":
-            note += (f"; NTLM signature version 1, checksum {body[4:12].hex()}, "
-                     f"seq {int.from_bytes(body[12:16], 'little')} (LE); {len(body) - 16} bytes after the signature")
+            note += (
+                f"; NTLM signature version 1, checksum {body[4:12].hex()}, "
+                f"seq {int.from_bytes(body[12:16], 'little')} (LE); {len(body) - 16} bytes after the signature"
+            )
         elif body[:2] == b"\x05\x04":
             note += f"; RFC 4121 wrap token, flags 0x{body[2]:02x}, seq {int.from_bytes(body[8:16], 'big')}"
         if len(rec) < 4 + n:
@@ -254,8 +259,19 @@ def capture(args: argparse.Namespace, tmpdir: Path) -> int:
         users.write_text("INTEROP:alice:Passw0rd!\n")
         env["NTLM_USER_FILE"] = str(users)
     port_file = tmpdir / "port"
-    server_cmd = [str(RUN), "server", "--port", "0", "--port-file", str(port_file), "--echo",
-                  "--protection", args.server_protection or args.protection, "--timeout", "30"]
+    server_cmd = [
+        str(RUN),
+        "server",
+        "--port",
+        "0",
+        "--port-file",
+        str(port_file),
+        "--echo",
+        "--protection",
+        args.server_protection or args.protection,
+        "--timeout",
+        "30",
+    ]
     server = subprocess.Popen(server_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
@@ -267,8 +283,19 @@ def capture(args: argparse.Namespace, tmpdir: Path) -> int:
             time.sleep(0.05)
         proxy = Proxy(int(port_file.read_text()))
         proxy.start()
-        client_cmd = [str(RUN), "client", "--port", str(proxy.port), "--target", args.target,
-                      "--protection", args.protection, "--echo", "--timeout", "30"]
+        client_cmd = [
+            str(RUN),
+            "client",
+            "--port",
+            str(proxy.port),
+            "--target",
+            args.target,
+            "--protection",
+            args.protection,
+            "--echo",
+            "--timeout",
+            "30",
+        ]
         client_cmd += ["--send-random", str(args.send_random)] if args.send_random else ["--send", args.send]
         if args.user:
             client_cmd += ["--user", args.user, "--password", args.password]
@@ -288,16 +315,18 @@ def capture(args: argparse.Namespace, tmpdir: Path) -> int:
     def shown(cmd: list[str]) -> str:
         return shlex.join(["dotnet/run", *cmd[1:]]).replace(str(tmpdir), "$TMP")
 
-    lines = [f"# {args.title or Path(args.out).stem}",
-             "# Captured by scripts/interop/nns_capture.py between a .NET Core 3.1 NegotiateStream client and server",
-             "# (scripts/interop/dotnet/NnsPeer.cs on dotnetcore2's runtime, GSSAPI = MIT krb5 + gss-ntlmssp).",
-             "# Format: '#' lines are comments; '[client->server]' / '[server->client]' start a direction; every",
-             "# other line is the hex of one frame in wire order (joined, they are the direction's whole byte stream).",
-             "# The '# ...' line above each frame is an annotation made by nns_capture.py.",
-             f"# server: {shown(server_cmd)}",
-             f"#   NTLM_USER_FILE content: {Path(env['NTLM_USER_FILE']).read_text().strip()}",
-             f"# client: {shown(client_cmd)}",
-             f"# client exit status {client.returncode}, server exit status {server.returncode}"]
+    lines = [
+        f"# {args.title or Path(args.out).stem}",
+        "# Captured by scripts/interop/nns_capture.py between a .NET Core 3.1 NegotiateStream client and server",
+        "# (scripts/interop/dotnet/NnsPeer.cs on dotnetcore2's runtime, GSSAPI = MIT krb5 + gss-ntlmssp).",
+        "# Format: '#' lines are comments; '[client->server]' / '[server->client]' start a direction; every",
+        "# other line is the hex of one frame in wire order (joined, they are the direction's whole byte stream).",
+        "# The '# ...' line above each frame is an annotation made by nns_capture.py.",
+        f"# server: {shown(server_cmd)}",
+        f"#   NTLM_USER_FILE content: {Path(env['NTLM_USER_FILE']).read_text().strip()}",
+        f"# client: {shown(client_cmd)}",
+        f"# client exit status {client.returncode}, server exit status {server.returncode}",
+    ]
     for name, err in (("client", client.stderr), ("server", server_err)):
         for ln in err.decode(errors="replace").splitlines():
             lines.append(f"# {name} stderr: {ln}")
@@ -306,8 +335,10 @@ def capture(args: argparse.Namespace, tmpdir: Path) -> int:
     if args.user and args.protection != "None" and client.returncode == 0:
         try:
             decoder = NtlmDecoder([f for f, _ in split["c2s"]], args.password)
-            lines.append(f"# NTLM ExportedSessionKey (recomputed from the AUTHENTICATE message and the password): "
-                         f"{decoder.session_key.hex()}, negotiated flags 0x{decoder.flags:08x}")
+            lines.append(
+                f"# NTLM ExportedSessionKey (recomputed from the AUTHENTICATE message and the password): "
+                f"{decoder.session_key.hex()}, negotiated flags 0x{decoder.flags:08x}"
+            )
         except (ImportError, StopIteration, ValueError):
             decoder = None  # not NTLM (Kerberos), or pyspnego missing: no decoding
     for key, label in (("c2s", "client->server"), ("s2c", "server->client")):
@@ -322,8 +353,9 @@ def capture(args: argparse.Namespace, tmpdir: Path) -> int:
             lines.append(f"# {note}{extra}")
             lines.append(frame.hex())
     Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"nns_capture: wrote {args.out} (client rc {client.returncode}, server rc {server.returncode})",
-          file=sys.stderr)
+    print(
+        f"nns_capture: wrote {args.out} (client rc {client.returncode}, server rc {server.returncode})", file=sys.stderr
+    )
     return 0
 
 
@@ -331,8 +363,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out")
     p.add_argument("--protection", default="EncryptAndSign", choices=["None", "Sign", "EncryptAndSign"])
-    p.add_argument("--server-protection", choices=["None", "Sign", "EncryptAndSign"],
-                   help="server's level (default: same as --protection)")
+    p.add_argument(
+        "--server-protection",
+        choices=["None", "Sign", "EncryptAndSign"],
+        help="server's level (default: same as --protection)",
+    )
     p.add_argument("--send", default="hello")
     p.add_argument("--send-random", type=int, metavar="N", help="send N deterministic bytes instead of --send")
     p.add_argument("--target", default="host/localhost")
