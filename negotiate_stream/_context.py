@@ -184,6 +184,15 @@ def _kerberos_problem(text: str) -> AuthenticationError | None:
     return None
 
 
+def _failed(error: NegotiateError) -> Callable[[bytes], bytes]:
+    """An unprotect function that refuses everything after ``error`` (a context never recovers from a bad record)."""
+
+    def refuse(payload: bytes) -> bytes:
+        raise IntegrityError(f"the security context already rejected a record ({error}); open a new connection")
+
+    return refuse
+
+
 def _data_error(exc: Exception, what: str) -> NegotiateError:
     """Translate a pyspnego failure while protecting or unprotecting a record."""
     if isinstance(exc, spnego_errors.ContextExpiredError):
@@ -482,12 +491,15 @@ class SecurityContext:
         """
         try:
             return self._unprotect(payload)
-        except NegotiateError:
+        except NegotiateError as exc:
+            self._unprotect = _failed(exc)  # sticky: pyspnego itself would accept the next valid record
             raise
         except Exception as exc:
-            raise _data_error(
+            error = _data_error(
                 exc, "a record failed its integrity check (tampered, replayed, reordered or dropped record)"
-            ) from exc
+            )
+            self._unprotect = _failed(error)
+            raise error from exc
 
     def wrap_message(self, message: bytes, *, encrypt: bool = False) -> bytes:
         """Wrap one message outside the record stream, e.g. the RFC 4752 SASL GSSAPI security-layer message.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import array
-import os
 import random
 from typing import Any
 
@@ -34,15 +33,6 @@ SIZE_IDS = ["0", "1", "0xFC00", "0xFC01", "1MiB"]
 NTLM_NEGOTIATE = b"NTLMSSP\x00\x01\x00\x00\x00"
 NTLM_CHALLENGE = b"NTLMSSP\x00\x02\x00\x00\x00"
 NTLM_AUTHENTICATE = b"NTLMSSP\x00\x03\x00\x00\x00"
-
-
-@pytest.fixture(autouse=True)
-def _no_kdc_dns_lookups(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail Kerberos fast: with python-gssapi installed, a ``negotiate`` client first tries a kinit for the test
-    realm, and DNS SRV lookups for its KDC can stall ~5 s each; NTLM fallback is what these tests exercise."""
-    config = tmp_path_factory.getbasetemp() / "krb5-no-dns.conf"
-    config.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
-    monkeypatch.setenv("KRB5_CONFIG", f"{config}:{os.environ.get('KRB5_CONFIG', '/etc/krb5.conf')}")
 
 
 def drain(conn: Connection) -> list[Event]:

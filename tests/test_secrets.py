@@ -27,14 +27,6 @@ PASSWORD = "Kn0wn-Secret-Pa55word!"
 WRONG_PASSWORD = "An0ther-Secret-Guess?"
 
 
-@pytest.fixture(autouse=True)
-def _no_kdc_dns_lookups(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail Kerberos fast (a ``negotiate``/``kerberos`` client tries a kinit; KDC DNS lookups can stall ~5 s)."""
-    config = tmp_path_factory.getbasetemp() / "krb5-no-dns.conf"
-    config.write_text("[libdefaults]\n dns_lookup_kdc = false\n dns_lookup_realm = false\n")
-    monkeypatch.setenv("KRB5_CONFIG", f"{config}:{os.environ.get('KRB5_CONFIG', '/etc/krb5.conf')}")
-
-
 @pytest.fixture
 def users() -> Iterator[NTLMUsers]:
     with NTLMUsers({"carol": PASSWORD}) as accounts:
