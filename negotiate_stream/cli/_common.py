@@ -353,6 +353,19 @@ class Reporter:
             self.human.write(f"{self.command}: {text}\n")
             self.human.flush()
 
+    def failure(self, name: str, prefix: str, exc: BaseException, **fields: Any) -> None:
+        """Report a per-connection failure ``exc`` as event ``name``: ``"<prefix>: <reason>"`` plus its error
+        class, message and the exit code it would map to."""
+        reason = describe_error(exc)
+        self.event(
+            name,
+            f"{prefix}: {reason}",
+            error=type(exc).__name__,
+            message=reason,
+            exit_code=exit_code_for(exc),
+            **fields,
+        )
+
     def fatal(self, exc: BaseException) -> int:
         """Report a fatal error in one line; return its exit code."""
         code = exit_code_for(exc)

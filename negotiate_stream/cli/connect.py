@@ -37,8 +37,6 @@ from ._common import (
     add_client_options,
     add_common_options,
     client_options,
-    describe_error,
-    exit_code_for,
     format_address,
     parse_address,
     relay,
@@ -266,14 +264,7 @@ async def _forward_local(args: argparse.Namespace, options: dict[str, Any], repo
             try:
                 link = await _open(host, port, args, options)
             except Exception as exc:
-                reporter.event(
-                    "connection_failed",
-                    f"{client}: cannot reach {address}: {describe_error(exc)}",
-                    client=client,
-                    error=type(exc).__name__,
-                    message=describe_error(exc),
-                    exit_code=exit_code_for(exc),
-                )
+                reporter.failure("connection_failed", f"{client}: cannot reach {address}", exc, client=client)
                 return
             reporter.event(
                 "connected", f"{client}: {_describe_session(address, link.fields)}", client=client, **link.fields
@@ -281,14 +272,7 @@ async def _forward_local(args: argparse.Namespace, options: dict[str, Any], repo
             try:
                 await relay((reader, writer), (link.reader, link.writer), counters)
             except Exception as exc:
-                reporter.event(
-                    "connection_failed",
-                    f"{client}: {describe_error(exc)}",
-                    client=client,
-                    error=type(exc).__name__,
-                    message=describe_error(exc),
-                    exit_code=exit_code_for(exc),
-                )
+                reporter.failure("connection_failed", client, exc, client=client)
                 return
             reporter.event(
                 "closed",

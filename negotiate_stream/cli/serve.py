@@ -28,7 +28,6 @@ from ._common import (
     add_server_options,
     describe_error,
     echo,
-    exit_code_for,
     format_address,
     parse_address,
     relay,
@@ -119,13 +118,11 @@ class _Server:
                 **self.options,
             )
         except Exception as exc:
-            self.reporter.event(
+            self.reporter.failure(
                 "handshake_failed",
-                f"{peer}: handshake failed: {describe_error(exc)}",
+                f"{peer}: handshake failed",
+                exc,
                 peer=peer,
-                error=type(exc).__name__,
-                message=describe_error(exc),
-                exit_code=exit_code_for(exc),
                 duration_ms=round((time.monotonic() - started) * 1000, 1),
             )
             return
@@ -155,14 +152,7 @@ class _Server:
                     ) from exc
                 await relay((sreader, swriter), target, counters)
         except Exception as exc:
-            self.reporter.event(
-                "connection_failed",
-                f"{peer}: {describe_error(exc)}",
-                peer=peer,
-                error=type(exc).__name__,
-                message=describe_error(exc),
-                exit_code=exit_code_for(exc),
-            )
+            self.reporter.failure("connection_failed", peer, exc, peer=peer)
             return
         sent = counters.down if self.forward else counters.up
         self.reporter.event(
