@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from asyncio_helpers import client_opts, run_guarded, server_opts
 
 from negotiate_stream import asyncio_ as nsa
 from negotiate_stream._connection import NEED_DATA, Connection, Data, HandshakeComplete, SessionInfo
@@ -34,27 +35,8 @@ GUARD = 60.0  # a hung test fails after this long instead of stalling the suite;
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a fresh loop, failing rather than hanging."""
-
-    async def guarded() -> T:
-        return await asyncio.wait_for(coro, GUARD)
-
-    return asyncio.run(guarded())
-
-
-def client_opts(users: NTLMUsers, level: str = "encrypt_and_sign", password: str | None = None) -> dict[str, Any]:
-    """Client options for the first account (``password`` overrides it)."""
-    return {
-        "credentials": users.client_credentials(password=password),
-        "protocol": "ntlm",
-        "target": "host/localhost",
-        "protection_level": level,
-    }
-
-
-def server_opts(users: NTLMUsers, level: str = "encrypt_and_sign") -> dict[str, Any]:
-    """Acceptor options for ``users``."""
-    return {"credentials": users.server_credentials(), "protocol": "ntlm", "protection_level": level}
+    """Run ``coro`` on a fresh loop, failing after GUARD seconds rather than hanging."""
+    return run_guarded(coro, GUARD)
 
 
 def port_of(server: asyncio.Server) -> int:

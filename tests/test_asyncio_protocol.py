@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from asyncio_helpers import LEVELS, client_opts, run_guarded, server_opts
 
 from negotiate_stream import asyncio_ as nsa
 from negotiate_stream._connection import Connection, SessionInfo
@@ -18,31 +19,11 @@ from negotiate_stream.testing import NTLMUsers
 
 T = TypeVar("T")
 GUARD = 60.0  # a hung test fails after this long instead of stalling the suite; never a performance check
-LEVELS = ["encrypt_and_sign", "sign", "none"]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a fresh loop, failing rather than hanging."""
-
-    async def guarded() -> T:
-        return await asyncio.wait_for(coro, GUARD)
-
-    return asyncio.run(guarded())
-
-
-def client_opts(users: NTLMUsers, level: str = "encrypt_and_sign") -> dict[str, Any]:
-    """Client options for the first account."""
-    return {
-        "credentials": users.client_credentials(),
-        "protocol": "ntlm",
-        "target": "host/localhost",
-        "protection_level": level,
-    }
-
-
-def server_opts(users: NTLMUsers, level: str = "encrypt_and_sign") -> dict[str, Any]:
-    """Acceptor options for ``users``."""
-    return {"credentials": users.server_credentials(), "protocol": "ntlm", "protection_level": level}
+    """Run ``coro`` on a fresh loop, failing after GUARD seconds rather than hanging."""
+    return run_guarded(coro, GUARD)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
