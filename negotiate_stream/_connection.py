@@ -356,15 +356,17 @@ class Connection:
                 return Data(data)
             return EndOfStream() if self._eof else NEED_DATA
         codec = self._codec
+        unprotect = self.context.unprotect
         while available >= 4:
             end = pos + 4 + codec.payload_length(buffer, pos)
             if len(buffer) < end:
                 break
-            with memoryview(buffer) as view:
-                payload = bytes(view[pos + 4 : end])
-            self._pos = pos = end
+            # The context reads the record in place (no copy); both views are released before the buffer is
+            # compacted, since a bytearray cannot be resized while a view of it exists.
+            with memoryview(buffer) as view, view[pos + 4 : end] as payload:
+                plaintext = unprotect(payload)
+            self._pos = end
             self._compact()
-            plaintext = self.context.unprotect(payload)
             if plaintext:
                 return Data(plaintext)
             # An empty record (a peer may send one) carries no event: keep parsing.
@@ -421,11 +423,11 @@ class Connection:
         limit = codec.max_plaintext
         try:
             if len(data) <= limit:
-                payload = protect(bytes(data))
+                payload = protect(data)
                 return codec.encode_header(len(payload)) + payload
             parts = []
             for chunk in nns.split_plaintext(data, limit):
-                payload = protect(bytes(chunk))
+                payload = protect(chunk)  # a memoryview slice: the context reads it without a copy
                 parts.append(codec.encode_header(len(payload)))
                 parts.append(payload)
             return b"".join(parts)

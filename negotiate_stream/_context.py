@@ -17,11 +17,12 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import spnego
 import spnego.exceptions as spnego_errors
 from spnego import ContextReq
+from spnego._ntlm import NTLMProxy as _NTLMProxy
 from spnego.channel_bindings import GssChannelBindings
 
 from ._options import ContextOptions, Credentials, ProtectionLevel, ProtocolName, StreamSizes
@@ -53,6 +54,8 @@ _PROTOCOLS = ("negotiate", "ntlm", "kerberos")
 SEC_E_NO_CREDENTIALS = 0x8009030E
 _NTLM_ESS_FLAG = 0x00080000  # NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY
 _NTLM_SIGNATURE_SIZE = 16
+#: What protect() and unprotect() read: any contiguous bytes-like object.
+Buffer = bytes | bytearray | memoryview
 
 
 # pyspnego's NTLM acceptor only reads credentials from $NTLM_USER_FILE at step time; an explicit per-server file is
@@ -184,10 +187,10 @@ def _kerberos_problem(text: str) -> AuthenticationError | None:
     return None
 
 
-def _failed(error: NegotiateError) -> Callable[[bytes], bytes]:
+def _failed(error: NegotiateError) -> Callable[[Buffer], bytes]:
     """An unprotect function that refuses everything after ``error`` (a context never recovers from a bad record)."""
 
-    def refuse(payload: bytes) -> bytes:
+    def refuse(payload: Buffer) -> bytes:
         raise IntegrityError(f"the security context already rejected a record ({error}); open a new connection")
 
     return refuse
@@ -235,8 +238,8 @@ class SecurityContext:
         self.ntlm_seal_sign_only = ntlm_seal_sign_only
         self._credentials = credentials or Credentials()
         self._protection_level: ProtectionLevel | None = None
-        self._protect: Callable[[bytes], bytes] = self._not_ready
-        self._unprotect: Callable[[bytes], bytes] = self._not_ready
+        self._protect: Callable[[Buffer], bytes] = self._not_ready
+        self._unprotect: Callable[[Buffer], bytes] = self._not_ready
         service, host = _split_target(target)
         bindings = GssChannelBindings(application_data=channel_bindings) if channel_bindings is not None else None
         context_req = _context_req(self.required_protection_level)
@@ -421,13 +424,29 @@ class SecurityContext:
     def _bind_protection(self, level: ProtectionLevel) -> None:
         # Choose the per-record functions once, so the hot path has no branching on level or mechanism.
         inner = self._mechanism()
-        wrap, unwrap = inner.wrap, inner.unwrap
+        # pyspnego's own NTLM code (RC4 and HMAC from cryptography/hashlib) reads any buffer, so records go in as
+        # memoryviews of the caller's buffers, uncopied; python-gssapi (Kerberos) takes bytes only.
+        wrap: Callable[[Buffer, bool], Any]
+        unwrap: Callable[[Buffer], Any]
+        if isinstance(inner, _NTLMProxy):
+            wrap, unwrap = cast(Any, inner.wrap), cast(Any, inner.unwrap)  # typed as bytes, reads any buffer
+        else:
+            gss_wrap, gss_unwrap = inner.wrap, inner.unwrap
+
+            def gss_wrap_bytes(data: Buffer, encrypt: bool) -> Any:
+                return gss_wrap(bytes(data), encrypt)
+
+            def gss_unwrap_bytes(payload: Buffer) -> Any:
+                return gss_unwrap(bytes(payload))
+
+            wrap, unwrap = gss_wrap_bytes, gss_unwrap_bytes
+
         if level is ProtectionLevel.ENCRYPT_AND_SIGN:
 
-            def protect(data: bytes) -> bytes:
+            def protect(data: Buffer) -> bytes:
                 return bytes(wrap(data, True).data)
 
-            def unprotect(payload: bytes) -> bytes:
+            def unprotect(payload: Buffer) -> bytes:
                 result = unwrap(payload)
                 if not result.encrypted:
                     raise IntegrityError("received an unencrypted record on an encrypted stream (downgrade attempt)")
@@ -435,26 +454,27 @@ class SecurityContext:
 
         elif level is ProtectionLevel.SIGN and self.negotiated_protocol == "ntlm" and not self.ntlm_seal_sign_only:
             # pyspnego's NTLM wrap(encrypt=False) still seals: sign-only is signature + plaintext, as in .NET.
-            sign, verify = inner.sign, inner.verify
+            sign, verify = cast(Any, inner.sign), cast(Any, inner.verify)  # typed as bytes, read any buffer
 
-            def protect(data: bytes) -> bytes:
+            def protect(data: Buffer) -> bytes:
                 return bytes(sign(data)) + data
 
-            def unprotect(payload: bytes) -> bytes:
+            def unprotect(payload: Buffer) -> bytes:
                 if len(payload) < _NTLM_SIGNATURE_SIZE:
                     raise IntegrityError("signed record shorter than its 16-byte NTLM signature")
-                data = payload[_NTLM_SIGNATURE_SIZE:]
-                verify(data, payload[:_NTLM_SIGNATURE_SIZE])
-                return data
+                with memoryview(payload) as view:
+                    data = view[_NTLM_SIGNATURE_SIZE:]
+                    verify(data, bytes(view[:_NTLM_SIGNATURE_SIZE]))
+                    return bytes(data)  # the one copy: the caller's buffer is reused after this call
 
         elif level is ProtectionLevel.SIGN:
             # Kerberos: RFC 4121 integrity-only tokens. NTLM with ntlm_seal_sign_only: pyspnego's wrap() seals,
             # which is what gss-ntlmssp (.NET on Linux/macOS) puts on the wire at ProtectionLevel.Sign.
 
-            def protect(data: bytes) -> bytes:
+            def protect(data: Buffer) -> bytes:
                 return bytes(wrap(data, False).data)
 
-            def unprotect(payload: bytes) -> bytes:
+            def unprotect(payload: Buffer) -> bytes:
                 # Sealed records are accepted too: MIT Kerberos always sets the confidentiality flag, so a
                 # .NET "Sign" peer on Linux seals.
                 return bytes(unwrap(payload).data)
@@ -465,17 +485,20 @@ class SecurityContext:
         self._protect, self._unprotect = protect, unprotect
 
     @staticmethod
-    def _not_ready(data: bytes) -> bytes:
+    def _not_ready(data: Buffer) -> bytes:
         raise LocalProtocolError("the security context is not established yet: finish the handshake first")
 
     @staticmethod
-    def _no_protection(data: bytes) -> bytes:
+    def _no_protection(data: Buffer) -> bytes:
         raise LocalProtocolError("protection level is 'none': data is not wrapped, send it as is")
 
     # -- data ----------------------------------------------------------------------------------------------------
 
-    def protect(self, plaintext: bytes) -> bytes:
-        """Sign (and encrypt) one record's plaintext; returns the record payload (signature + data)."""
+    def protect(self, plaintext: Buffer) -> bytes:
+        """Sign (and encrypt) one record's plaintext; returns the record payload (signature + data).
+
+        ``plaintext`` may be any bytes-like object; it is read during the call only.
+        """
         try:
             return self._protect(plaintext)
         except NegotiateError:
@@ -483,8 +506,11 @@ class SecurityContext:
         except Exception as exc:
             raise _data_error(exc, "cannot protect outgoing data") from exc
 
-    def unprotect(self, payload: bytes) -> bytes:
+    def unprotect(self, payload: Buffer) -> bytes:
         """Verify (and decrypt) one record payload; returns the plaintext or raises :class:`IntegrityError`.
+
+        ``payload`` may be any bytes-like object (e.g. a memoryview of a receive buffer); it is read during the call
+        only, and the result never refers to it.
 
         After a failure the context's sequence/cipher state is unusable: the caller must treat the stream as
         broken (never retry).

@@ -47,7 +47,7 @@ def test_measured_numbers_are_positive_and_data_verified(report):
         if result.ok:
             assert result.value > 0, result.name
             assert result.verified is True, result.name
-            if result.kind in ("bulk", "crypto", "concurrent", "growth"):
+            if result.kind in ("bulk", "crypto", "concurrent", "growth", "2proc-send", "2proc-receive"):
                 assert result.nbytes > 0, result.name
 
 
@@ -90,6 +90,28 @@ def test_ratios_and_targets_are_computed(report):
     assert any("crypto floor" in n for n in names)
     assert any("flat memory" in n for n in names)
     assert "targets:" in report.table()
+
+
+def test_two_process_scenarios_use_the_one_way_floor_and_report_both_cpus(report):
+    floor = report.get("floor.context.sealed")
+    one_way = floor.extra["one_way_mbps"]
+    assert floor.value < one_way <= max(floor.extra["protect_mbps"], floor.extra["unprotect_mbps"])
+    assert floor.extra["records_per_write"] == [0xFC00, WRITE_SIZE - 0xFC00]
+    split = [r for r in report.results if r.kind.startswith("2proc-")]
+    assert {r.kind for r in split} == {"2proc-send", "2proc-receive", "2proc-pingpong"}
+    for result in split:
+        assert result.ok, (result.name, result.status)
+        assert result.verified is True, result.name
+        assert result.extra["cpu_share_here"] >= 0 and result.extra["cpu_share_peer"] >= 0, result.name
+        if result.group == "ours" and result.kind != "2proc-pingpong":
+            level_floor = report.get(f"floor.context.{result.level}").extra["one_way_mbps"]
+            assert result.ratios["one_way_floor"] == pytest.approx(result.value / level_floor, rel=1e-2)
+            assert result.ratios["plain"] > 0, result.name
+        if result.group == "ours" and result.kind == "2proc-pingpong":
+            assert result.ratios["plain"] > 0, result.name
+    names = [t.name for t in report.targets]
+    assert any("two processes, vs one-way crypto floor" in n for n in names)
+    assert any("without TCP connect" in n for n in names)
 
 
 def test_json_round_trips_and_progress_was_written(report, tmp_path):
@@ -168,6 +190,8 @@ def test_unknown_selection_is_an_error(capsys):
         ("ours.sync", "ours.sync.pingpong.none", True),
         ("*tls*", "baseline.tls-streams.bulk", True),
         ("sync", "baseline.asyncio-streams.bulk", False),
+        ("2proc", "ours.sync.2proc-send.sealed", True),
+        ("2proc-receive", "ours.sync.2proc-send.sealed", False),
     ],
 )
 def test_selectors(selector, name, expected):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import subprocess
 import sys
 import time
@@ -31,11 +30,12 @@ from typing import TextIO
 
 from ..testing import NTLMUsers
 from ._baselines import baseline_scenarios
-from ._core import BenchConfig, Progress, Result
+from ._core import BenchConfig, Progress, Result, child_environment
 from ._floor import floor_scenarios
 from ._ours import alternative_scenarios, our_scenarios
 from ._registry import Context, Scenario, select
 from ._report import Report
+from ._split import split_scenarios
 
 __all__ = ["BenchConfig", "Report", "Result", "Scenario", "all_scenarios", "run_bench"]
 
@@ -45,7 +45,13 @@ CHILD_TIMEOUT = 900.0
 
 def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order of the report."""
-    return [*floor_scenarios(), *baseline_scenarios(), *our_scenarios(), *alternative_scenarios()]
+    return [
+        *floor_scenarios(),
+        *baseline_scenarios(),
+        *our_scenarios(),
+        *split_scenarios(),
+        *alternative_scenarios(),
+    ]
 
 
 def _run_here(scenario: Scenario, ctx: Context) -> Result:
@@ -67,11 +73,10 @@ def _run_isolated(scenario: Scenario, config: BenchConfig) -> Result:
         "--config",
         json.dumps(config.to_json()),
     ]
-    # The child must import this same copy of the package, installed or not.
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False, env=env)
+        child = subprocess.run(
+            command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False, env=child_environment()
+        )
     except subprocess.TimeoutExpired:
         return Result(scenario.name, scenario.group, scenario.kind, level=scenario.level, status="error: timed out")
     lines = child.stdout.strip().splitlines()

@@ -1,4 +1,5 @@
-"""``python -m negotiate_stream._bench``: the CLI, or ``--child NAME --config JSON`` for one isolated scenario."""
+"""``python -m negotiate_stream._bench``: the CLI, ``--child NAME --config JSON`` for one isolated scenario, or
+``--peer SPEC`` for the far end of a two-process scenario."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def _child(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if "--peer" in sys.argv:
+        from ._split_peer import main as peer_main
+
+        sys.exit(peer_main(sys.argv[sys.argv.index("--peer") + 1]))
     if "--child" in sys.argv:
         sys.exit(_child(sys.argv))
     from ..cli.bench import main

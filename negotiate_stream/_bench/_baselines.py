@@ -18,12 +18,14 @@ from ._workloads import BulkOutcome, PingPongOutcome, async_bulk, async_pingpong
 __all__ = ["baseline_scenarios"]
 
 
-def bulk_result(name: str, group: str, level: str, outcome: BulkOutcome, **extra: object) -> Result:
-    """A bulk :class:`Result` from a measured outcome."""
+def bulk_result(
+    name: str, group: str, level: str, outcome: BulkOutcome, *, kind: str = "bulk", **extra: object
+) -> Result:
+    """A bulk :class:`Result` (MB/s) from a measured outcome."""
     return Result(
         name=name,
         group=group,
-        kind="bulk",
+        kind=kind,
         level=level,
         value=outcome.mbps,
         nbytes=outcome.nbytes,
@@ -33,12 +35,14 @@ def bulk_result(name: str, group: str, level: str, outcome: BulkOutcome, **extra
     )
 
 
-def pingpong_result(name: str, group: str, level: str, outcome: PingPongOutcome, **extra: object) -> Result:
+def pingpong_result(
+    name: str, group: str, level: str, outcome: PingPongOutcome, *, kind: str = "pingpong", **extra: object
+) -> Result:
     """A ping-pong :class:`Result` (round trips/s) from a measured outcome."""
     return Result(
         name=name,
         group=group,
-        kind="pingpong",
+        kind=kind,
         unit="round trips/s",
         level=level,
         value=outcome.rate,

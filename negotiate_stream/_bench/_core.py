@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 import sys
 import threading
 import time
@@ -285,9 +286,21 @@ class StreamVerifier:
         return self.received == self.total and self.mismatches == 0 and self.windows_checked > 0
 
 
-def pattern_block() -> bytes:
-    """The 64 KiB block the bulk senders repeat (pseudo-random, so compression or zero pages cannot help)."""
-    return os.urandom(WRITE_SIZE)
+def child_environment() -> dict[str, str]:
+    """The environment of a benchmark child process: it must import this same copy of the package, installed or
+    not."""
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
+def pattern_block(seed: int | None = None) -> bytes:
+    """The 64 KiB block the bulk senders repeat (pseudo-random, so compression or zero pages cannot help).
+
+    With a ``seed`` the block is reproducible, so a sender and a receiver in two processes agree on it.
+    """
+    if seed is None:
+        return os.urandom(WRITE_SIZE)
+    return random.Random(seed).randbytes(WRITE_SIZE)
 
 
 def run_timed(func: Callable[[], float]) -> float:
