@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -29,9 +28,10 @@ from ._asyncio_plain import StreamsPipe, _Pinger, _Source
 from ._baselines import bulk_result, pingpong_result
 from ._core import WRITE_SIZE, Result, StreamVerifier, child_environment, pattern_block
 from ._ours import APIS, Unavailable, options, require
+from ._ours_impl import _AppSink
 from ._registry import Context, Scenario
 from ._split_peer import ACK, LOCALHOST, PeerSpec
-from ._workloads import PING_SIZE, RECEIVE_SIZE, BulkOutcome, PingPongOutcome
+from ._workloads import PING_SIZE, RECEIVE_SIZE, BulkOutcome, PingPongOutcome, _read_exactly, _sync_read_exactly
 
 __all__ = ["split_scenarios"]
 
@@ -40,6 +40,8 @@ PEER_START_TIMEOUT = 60.0
 PEER_FINISH_TIMEOUT = 60.0
 #: The byte that asks a ``source`` child to start sending (so the clock starts with the stream, not the handshake).
 GO = b"g"
+#: Runs per two-process scenario in a full run (the best is reported).
+REPEATS = 3
 
 
 class _Peer:
@@ -112,23 +114,6 @@ class _AckedSource(_Source):
             self.acked.set_exception(ConnectionError("the peer closed before acknowledging"))
 
 
-class _VerifyingSink(asyncio.Protocol):
-    """Feeds everything to a verifier; ``done`` resolves when the whole stream arrived (or the connection ended)."""
-
-    def __init__(self, verifier: StreamVerifier) -> None:
-        self.verifier = verifier
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self.verifier.feed(data)
-        if self.verifier.complete and not self.done.done():
-            self.done.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
 async def _protocol_connect(ctx: Context, level: str, port: int, app: asyncio.BaseProtocol) -> asyncio.Transport:
     """Connect ``app`` to the child: directly (plain) or behind a client NegotiateProtocol; waits for the handshake."""
     loop = asyncio.get_running_loop()
@@ -161,11 +146,12 @@ async def _protocol_run(ctx: Context, level: str, port: int, mode: str, spec: Pe
         await source.acked
         outcome: Any = BulkOutcome(spec.total, time.perf_counter() - started, True)
     elif mode == "receive":
-        sink = _VerifyingSink(StreamVerifier(pattern_block(spec.seed), spec.total))
+        received: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sink = _AppSink(StreamVerifier(pattern_block(spec.seed), spec.total), received)
         transport = await _protocol_connect(ctx, level, port, sink)
         started, cpu = time.perf_counter(), time.process_time()
         transport.write(GO)
-        await sink.done
+        await received
         outcome = BulkOutcome(sink.verifier.received, time.perf_counter() - started, sink.verifier.ok)
     else:
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -195,17 +181,6 @@ async def _connect_pipe(ctx: Context, api: str, level: str, port: int) -> Any:
     return AnyioPipe(await module.connect(LOCALHOST, port, **options(ctx, level, False)))
 
 
-async def _receive_exactly(receive: Callable[[int], Awaitable[Any]], size: int, pending: bytearray) -> bytes:
-    while len(pending) < size:
-        chunk = await receive(RECEIVE_SIZE)
-        if not chunk:
-            raise EOFError("the peer closed the stream early")
-        pending += chunk
-    message = bytes(pending[:size])
-    del pending[:size]
-    return message
-
-
 async def _pipe_run(ctx: Context, api: str, level: str, port: int, *, mode: str, spec: PeerSpec) -> tuple[Any, float]:
     pipe = await _connect_pipe(ctx, api, level, port)
     send, receive = pipe.send, pipe.receive
@@ -214,7 +189,7 @@ async def _pipe_run(ctx: Context, api: str, level: str, port: int, *, mode: str,
         block = pattern_block(spec.seed)
         for _ in range(spec.total // WRITE_SIZE):
             await send(block)
-        await _receive_exactly(receive, len(ACK), bytearray())
+        await _read_exactly(pipe, len(ACK), bytearray())
         outcome: Any = BulkOutcome(spec.total, time.perf_counter() - started, True)
     elif mode == "receive":
         verifier = StreamVerifier(pattern_block(spec.seed), spec.total)
@@ -229,22 +204,11 @@ async def _pipe_run(ctx: Context, api: str, level: str, port: int, *, mode: str,
         ping, pending, verified = bytes(range(PING_SIZE)), bytearray(), True
         for _ in range(ctx.config.pingpong_rounds):
             await send(ping)
-            verified = await _receive_exactly(receive, PING_SIZE, pending) == ping and verified
+            verified = await _read_exactly(pipe, PING_SIZE, pending) == ping and verified
         outcome = PingPongOutcome(ctx.config.pingpong_rounds, time.perf_counter() - started, verified)
     cpu = time.process_time() - cpu
     await pipe.aclose()
     return outcome, cpu
-
-
-def _sync_receive_exactly(sock: Any, size: int, pending: bytearray) -> bytes:
-    while len(pending) < size:
-        chunk = sock.recv(RECEIVE_SIZE)
-        if not chunk:
-            raise EOFError("the peer closed the stream early")
-        pending += chunk
-    message = bytes(pending[:size])
-    del pending[:size]
-    return message
 
 
 def _sync_run(ctx: Context, level: str, port: int, mode: str, spec: PeerSpec) -> tuple[Any, float]:
@@ -255,7 +219,7 @@ def _sync_run(ctx: Context, level: str, port: int, mode: str, spec: PeerSpec) ->
             block, sendall = pattern_block(spec.seed), sock.sendall
             for _ in range(spec.total // WRITE_SIZE):
                 sendall(block)
-            _sync_receive_exactly(sock, len(ACK), bytearray())
+            _sync_read_exactly(sock, len(ACK), bytearray())
             outcome: Any = BulkOutcome(spec.total, time.perf_counter() - started, True)
         elif mode == "receive":
             verifier = StreamVerifier(pattern_block(spec.seed), spec.total)
@@ -270,7 +234,7 @@ def _sync_run(ctx: Context, level: str, port: int, mode: str, spec: PeerSpec) ->
             ping, pending, verified = bytes(range(PING_SIZE)), bytearray(), True
             for _ in range(ctx.config.pingpong_rounds):
                 sock.sendall(ping)
-                verified = _sync_receive_exactly(sock, PING_SIZE, pending) == ping and verified
+                verified = _sync_read_exactly(sock, PING_SIZE, pending) == ping and verified
             outcome = PingPongOutcome(ctx.config.pingpong_rounds, time.perf_counter() - started, verified)
         return outcome, time.process_time() - cpu
 
@@ -301,23 +265,36 @@ def _measure(ctx: Context, api: str, level: str, mode: str) -> tuple[Any, float,
     return outcome, cpu, child
 
 
+def _rate(outcome: Any) -> float:
+    return float(outcome.rate if isinstance(outcome, PingPongOutcome) else outcome.mbps)
+
+
 def _run(ctx: Context, *, name: str, group: str, api: str, level: str, mode: str) -> Result:
+    """Measure ``REPEATS`` times (once in quick mode) and keep the best run: a two-process figure depends on how
+    the scheduler places both processes, and the best run is the one least disturbed by the rest of the machine.
+    Every run's figure is kept in ``extra["runs"]``."""
+    runs = []
     try:
-        outcome, cpu, child = _measure(ctx, api, level, mode)
+        for _ in range(1 if ctx.config.quick else REPEATS):
+            runs.append(_measure(ctx, api, level, mode))
     except Unavailable as exc:
         unit = "round trips/s" if mode == "pingpong" else "MB/s"
         return Result(name, group, f"2proc-{mode}", level=level, unit=unit, status=f"skipped: {exc}")
+    if mode == "send":
+        for outcome, _cpu, child in runs:
+            # The child verified the stream; our outcome only knows the byte count it wrote.
+            outcome.verified = bool(child["verified"]) and child["received"] == outcome.nbytes
+    outcome, cpu, child = max(runs, key=lambda run: _rate(run[0]))
     seconds = outcome.seconds or 1e-9
     extra: dict[str, Any] = {
         "cpu_share_here": round(cpu / seconds, 2),
         "cpu_share_peer": round(float(child["cpu_seconds"]) / seconds, 2),
+        "runs": [round(_rate(run[0]), 1) for run in runs],
     }
     shown_level = "-" if level == "plain" else level
+    outcome.verified = all(run[0].verified for run in runs)
     if mode == "pingpong":
         return pingpong_result(name, group, shown_level, outcome, kind="2proc-pingpong", **extra)
-    if mode == "send":
-        # The child verified the stream; our outcome only knows the byte count it wrote.
-        outcome.verified = bool(child["verified"]) and child["received"] == outcome.nbytes
     return bulk_result(name, group, shown_level, outcome, kind=f"2proc-{mode}", **extra)
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._asyncio_plain import _Source
 from ._core import WRITE_SIZE, StreamVerifier, pattern_block
 
 __all__ = ["PeerSpec", "serve_peer"]
@@ -49,22 +50,17 @@ class PeerSpec:
         return cls(**json.loads(text))
 
 
-class _PeerApp(asyncio.Protocol):
+class _PeerApp(_Source):
     """The application protocol of the child (behind a NegotiateProtocol, or directly on TCP for ``plain``)."""
 
     def __init__(self, spec: PeerSpec, finished: asyncio.Future[None]) -> None:
+        super().__init__()
         self.spec = spec
         self.finished = finished
         self.block = pattern_block(spec.seed)
         self.verifier = StreamVerifier(self.block, spec.total) if spec.mode == "sink" else None
-        self.transport: asyncio.Transport | None = None
-        self.resumed: asyncio.Future[None] | None = None
         self.writer_task: asyncio.Task[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if self.spec.mode == "source":
-            self.writer_task = asyncio.get_running_loop().create_task(self._write_all())
+        self.started = False
 
     async def _write_all(self) -> None:
         assert self.transport is not None
@@ -74,17 +70,13 @@ class _PeerApp(asyncio.Protocol):
             if self.resumed is not None:
                 await self.resumed
 
-    def pause_writing(self) -> None:
-        self.resumed = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        if self.resumed is not None and not self.resumed.done():
-            self.resumed.set_result(None)
-        self.resumed = None
-
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
-        if self.spec.mode == "echo":
+        if self.spec.mode == "source":
+            if not self.started:  # the parent's GO byte: start the clocked stream now
+                self.started = True
+                self.writer_task = asyncio.get_running_loop().create_task(self._write_all())
+        elif self.spec.mode == "echo":
             self.transport.write(data)
         elif self.verifier is not None:
             self.verifier.feed(data)
