@@ -2,12 +2,14 @@
 
 Scenarios (select with :func:`run_bench`'s ``only``; see :func:`all_scenarios` for the names):
 
-* ``floor.*`` -- no I/O: one established SecurityContext protects 0xFC00-byte chunks and its peer unprotects them
+* ``floor.*`` -- no I/O: one established SecurityContext protects the records of 64 KiB writes, its peer unprotects them
   (sealed and sign-only); the same work with ``cryptography`` primitives only; the bare NTLM step loop.
 * ``baseline.*`` -- plain loopback copies with no Negotiate: asyncio Protocols and streams, stdlib TLS, anyio on
   asyncio and trio, blocking sockets.
 * ``ours.*`` -- our adapters at each protection level, ping-pong, handshakes over loopback, many concurrent
   connections, memory over a long transfer.
+* ``*.2proc-*`` -- the API under test in this process, its peer in a child process (bulk send and receive,
+  ping-pong), judged against the one-way crypto floor: each end's crypto on its own core, as between machines.
 * ``alternative.*`` -- jetblack-negotiate-stream, only when it is importable.
 
 Use::

@@ -1,10 +1,14 @@
 """``negotiate-stream bench``: measure every wrapper, its plain baselines and the crypto floor in one run.
 
-Both ends of every connection run in this process over loopback, so each scenario pays the crypto of both ends:
-the crypto floor (``floor.context.*``) is bytes / (protect time + unprotect time) of the same 0xFC00-byte chunks
-without any I/O, and a perfect I/O layer would reach it. Ratios: ``floor`` = our MB/s / that floor,
+Most scenarios run both ends of every connection in this process over loopback, so each pays the crypto of both
+ends: the crypto floor (``floor.context.*``) is bytes / (protect time + unprotect time) of the records a 64 KiB
+write becomes, without any I/O, and a perfect I/O layer would reach it. The ``*.2proc-*`` scenarios run the peer
+in a child process (each end on its own core, as between two machines) and are judged against the one-way floor,
+bytes / max(protect time, unprotect time). Ratios: ``floor`` / ``one_way_floor`` = our MB/s / that floor,
 ``primitives`` = / the same work done with ``cryptography`` only, ``plain`` = / the same API without Negotiate,
-``cost_vs_step_loop`` = time per handshake / a bare in-memory SecurityContext step loop.
+``io_ceiling`` = / the best one thread can do with its crypto plus the plain API's socket work,
+``cost_vs_step_loop`` = time per handshake / a bare in-memory SecurityContext step loop (``cost_excl_tcp``: the
+same without the TCP connect + close).
 
 A line per scenario (and a heartbeat during long ones) goes to stderr; the table goes to stdout.
 """
