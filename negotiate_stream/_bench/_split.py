@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import select
 import subprocess
 import sys
 import time
@@ -62,7 +63,9 @@ class _Peer:
             env=child_environment(),
         )
         assert process.stdout is not None
-        line = process.stdout.readline()  # the child prints its port as soon as it listens
+        # The child prints its port as soon as it listens; a child that hangs before that must not hang the bench.
+        ready, _, _ = select.select([process.stdout], [], [], PEER_START_TIMEOUT)
+        line = process.stdout.readline() if ready else ""
         if not line.startswith("port "):
             self._fail(f"the peer process did not start ({line.strip() or 'no output'})")
         self.port = int(line.split()[1])
@@ -72,7 +75,7 @@ class _Peer:
         stderr = ""
         if self._process is not None:
             self._process.kill()
-            _, stderr = self._process.communicate(timeout=PEER_START_TIMEOUT)
+            _, stderr = self._process.communicate(timeout=PEER_FINISH_TIMEOUT)
         tail = (stderr or "").strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"{what}: {tail[0]}".rstrip(": "))
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -129,5 +128,4 @@ def main(argument: str) -> int:
     """The child's entry point: serve, then print the JSON outcome line."""
     outcome = asyncio.run(serve_peer(PeerSpec.from_argument(argument)))
     print(json.dumps(outcome), flush=True)
-    sys.stdout.flush()
     return 0
