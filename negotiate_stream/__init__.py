@@ -20,7 +20,6 @@ from ._context import ContextOptions, Credentials, ProtectionLevel, SecurityCont
 from .errors import (
     AuthenticationError,
     BrokenStreamError,
-    BusyError,
     ChannelBindingError,
     ContextExpiredError,
     FramingError,
@@ -41,7 +40,6 @@ __all__ = [
     "NEED_DATA",
     "AuthenticationError",
     "BrokenStreamError",
-    "BusyError",
     "ChannelBindingError",
     "Connection",
     "ContextExpiredError",

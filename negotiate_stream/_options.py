@@ -10,7 +10,22 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
-__all__ = ["ContextOptions", "Credentials", "ProtectionLevel", "ProtocolName", "StreamSizes"]
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "RECEIVE_SIZE",
+    "ContextOptions",
+    "Credentials",
+    "ProtectionLevel",
+    "ProtocolName",
+    "StreamSizes",
+]
+
+#: Seconds a whole handshake may take before :class:`~negotiate_stream.errors.HandshakeTimeoutError` (every
+#: adapter's default; ``None`` disables the deadline).
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+#: Bytes an adapter asks its transport for per read: four full MS-NNS records, so bulk transfers need few reads
+#: while an idle connection holds no buffer of its own.
+RECEIVE_SIZE = 256 * 1024
 
 ProtocolName = Literal["negotiate", "ntlm", "kerberos"]
 

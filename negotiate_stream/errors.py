@@ -28,7 +28,6 @@ __all__ = [
     "SEC_E_QOP_NOT_SUPPORTED",
     "AuthenticationError",
     "BrokenStreamError",
-    "BusyError",
     "ChannelBindingError",
     "ContextExpiredError",
     "FramingError",
@@ -116,10 +115,6 @@ class NegotiateError(Exception):
 
 class LocalProtocolError(NegotiateError):
     """The calling code used the API in a way the current state does not allow (a bug in the caller)."""
-
-
-class BusyError(LocalProtocolError):
-    """A second concurrent reader (or writer) was refused: one encryptor and one decryptor at a time."""
 
 
 class StreamClosedError(LocalProtocolError):
