@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from asyncio_helpers import LEVELS, client_opts, run_guarded, server_opts
+from tests.asyncio_helpers import LEVELS, client_opts, run_guarded, server_opts
 
 from negotiate_stream import asyncio_ as nsa
 from negotiate_stream._connection import Connection

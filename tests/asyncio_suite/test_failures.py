@@ -23,7 +23,7 @@ from negotiate_stream.errors import (
 )
 from negotiate_stream.testing import NTLMUsers
 
-from . import RawPeer, TamperingProxy, client_options, port_of, run, server_options, start_echo_server, start_raw_server
+from tests.support.aio import RawPeer, TamperingProxy, client_options, port_of, run, server_options, start_echo_server, start_raw_server
 from .test_protocol import Collector
 
 

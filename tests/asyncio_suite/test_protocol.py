@@ -12,7 +12,7 @@ from negotiate_stream._connection import Connection
 from negotiate_stream._context import SecurityContext
 from negotiate_stream.testing import NTLMUsers
 
-from . import LEVELS, client_options, digest, payload, port_of, run, server_options
+from tests.support.aio import LEVELS, client_options, digest, payload, port_of, run, server_options
 
 
 class Collector(asyncio.Protocol):

@@ -20,7 +20,7 @@ from negotiate_stream._framing import nns
 from negotiate_stream.errors import FramingError
 from negotiate_stream.testing import NTLMUsers
 
-from . import (
+from tests.support.aio import (
     RawPeer,
     client_options,
     digest,

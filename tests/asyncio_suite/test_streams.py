@@ -12,7 +12,7 @@ from negotiate_stream import asyncio_ as nsa
 from negotiate_stream.errors import BrokenStreamError, IntegrityError, StreamClosedError
 from negotiate_stream.testing import NTLMUsers
 
-from . import (
+from tests.support.aio import (
     LEVELS,
     TamperingProxy,
     client_options,

@@ -20,7 +20,7 @@ from negotiate_stream import (
 from negotiate_stream._framing import nns
 from negotiate_stream.testing import NTLMUsers, connection_pair, exchange, handshake, transfer
 
-from . import data_of, drain, established, feed, pump_handshake
+from tests.support.core import data_of, drain, established, feed, pump_handshake
 
 LEVELS = list(ProtectionLevel)
 SIZES = [1, 0xFC00, 0xFC01, 1 << 20]

@@ -27,7 +27,7 @@ from negotiate_stream.errors import (
 )
 from negotiate_stream.testing import NTLMUsers, connection_pair, exchange
 
-from . import drain, established, feed
+from tests.support.core import drain, established, feed
 
 
 def _assert_broken_everywhere(conn, cause: BaseException) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from negotiate_stream import (
 )
 from negotiate_stream.testing import NTLMUsers
 
-from . import established
+from tests.support.core import established
 
 MESSAGE = b"transfer 100 EUR to account 12345"
 FOLLOW_UP = b"a valid record after the damage"
