@@ -7,12 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import bench, connect, demo, serve
+from . import connect, demo, serve
 
 __all__ = ["build_parser", "main"]
 
-# Sub-command modules: each has `add_parser(subparsers)` registering itself with `func=run(args) -> int`.
-_COMMANDS = (demo, serve, connect, bench)
+# Sub-command modules: each has `add_parser(subparsers)` registering itself with `func=run(args) -> int`. Only
+# the user's commands: the benchmark harness lives in benchmarks/ (`scripts/run bench`), outside the package.
+_COMMANDS = (demo, serve, connect)
 
 
 def build_parser() -> argparse.ArgumentParser:

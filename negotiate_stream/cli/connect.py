@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import sys
 import threading
 import time
@@ -27,22 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..asyncio_ import wrap_streams
-from ._common import (
-    EXIT_CODES_HELP,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    RELAY_CHUNK,
-    Counters,
-    Reporter,
-    add_client_options,
-    add_common_options,
-    client_options,
-    format_address,
-    parse_address,
-    relay,
-    session_fields,
-    setup_logging,
-)
+from ._arguments import add_client_options, add_command, add_common_options, parse_address
+from ._credentials import client_options
+from ._errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK
+from ._relay import RELAY_CHUNK, Counters, relay, serve_until_stopped
+from ._report import Reporter, format_address, session_fields, setup_logging
 
 __all__ = ["add_parser", "run"]
 
@@ -67,11 +54,11 @@ _EXAMPLES = f"""examples:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``connect`` sub-command."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "connect",
-        help="netcat over a protected stream (stdin/stdout), or forward a local port over one",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        summary="netcat over a protected stream (stdin/stdout), or forward a local port over one",
+        doc=__doc__,
         epilog=_EXAMPLES,
     )
     parser.add_argument("address", metavar="HOST:PORT", help="the negotiate server (serve, or a .NET service)")
@@ -294,19 +281,7 @@ async def _forward_local(args: argparse.Namespace, options: dict[str, Any], repo
         port=local[1],
         server=address,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        for task in list(active):
-            task.cancel()
-        await asyncio.gather(*active, return_exceptions=True)
-        await server.wait_closed()
+    await serve_until_stopped(server, active)
     reporter.event("stopped", f"stopped after {count} connections", connections=count)
     return EXIT_OK
 

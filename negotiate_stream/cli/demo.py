@@ -12,10 +12,11 @@ import socket
 import threading
 from typing import Any
 
-from .._context import ProtectionLevel
 from .._framing import nns
+from .._options import RECEIVE_SIZE, ProtectionLevel
 from ..sync import NegotiateSocket
 from ..testing import NTLMUsers
+from ._arguments import add_command
 
 __all__ = ["add_parser", "run"]
 
@@ -45,11 +46,11 @@ class _Tap:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``demo`` sub-command."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
-        help="authenticate a client to a server in this process and exchange protected messages",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        summary="authenticate a client to a server in this process and exchange protected messages",
+        doc=__doc__,
         epilog="examples:\n  negotiate-stream demo\n  negotiate-stream demo --protection sign --protocol negotiate",
     )
     parser.add_argument(
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 conn, _ = listener.accept()
                 with NegotiateSocket.server(conn, credentials=users.server_credentials(), **options) as server:
                     server_saw.append(server.session_info.peer_identity)
-                    while chunk := server.recv(65536):
+                    while chunk := server.recv(RECEIVE_SIZE):
                         received.append(chunk)
                         server.sendall(chunk)  # echo
             except BaseException as exc:  # reported by the main thread
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             for message in _MESSAGES:
                 client.sendall(message)
                 while len(echoed) < sum(map(len, _MESSAGES[: _MESSAGES.index(message) + 1])):
-                    echoed += client.recv(65536)
+                    echoed += client.recv(RECEIVE_SIZE)
             print(f"first data record sent by the client ({_MESSAGES[0]!r}):")
             for line in _describe_record(bytes(tap.sent[handshake_bytes:]), level):
                 print(line)

@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import signal
 import sys
 import time
 from typing import Any
 
 from ..asyncio_ import wrap_streams
-from ._common import (
-    EXIT_CODES_HELP,
-    EXIT_OK,
-    CLIUsageError,
-    Counters,
-    Reporter,
-    add_common_options,
-    add_server_options,
-    describe_error,
-    echo,
-    format_address,
-    parse_address,
-    relay,
-    server_options,
-    session_fields,
-    setup_logging,
-)
+from ._arguments import add_command, add_common_options, add_server_options, parse_address
+from ._credentials import server_options
+from ._errors import EXIT_CODES_HELP, EXIT_OK, CLIUsageError, describe_error
+from ._relay import Counters, echo, relay, serve_until_stopped
+from ._report import Reporter, format_address, session_fields, setup_logging
 
 __all__ = ["add_parser", "run"]
 
@@ -55,11 +40,11 @@ _EXAMPLES = f"""examples:
 
 def add_parser(subparsers: Any) -> None:
     """Register the ``serve`` sub-command."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "serve",
-        help="accept protected connections; echo them or forward them to a plain TCP service",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        summary="accept protected connections; echo them or forward them to a plain TCP service",
+        doc=__doc__,
         epilog=_EXAMPLES,
     )
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
@@ -181,19 +166,7 @@ async def _serve(args: argparse.Namespace, options: dict[str, Any], reporter: Re
         protocol=args.protocol,
         protection_level=options["protection_level"].value,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt instead
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        for task in list(state.active):
-            task.cancel()
-        await asyncio.gather(*state.active, return_exceptions=True)
-        await server.wait_closed()
+    await serve_until_stopped(server, state.active)
     reporter.event("stopped", f"stopped after {state.accepted} connections", connections=state.accepted)
     return EXIT_OK
 
@@ -206,8 +179,6 @@ def run(args: argparse.Namespace) -> int:
         if args.max_connections is not None and args.max_connections < 1:
             raise CLIUsageError("--max-connections must be at least 1")
         options = server_options(args)
-        if args.protocol == "ntlm" and "credentials" not in options and not os.environ.get("NTLM_USER_FILE"):
-            raise CLIUsageError("an NTLM server needs accounts: give --users-file FILE (or set NTLM_USER_FILE)")
         return asyncio.run(_serve(args, options, reporter))
     except KeyboardInterrupt:
         return EXIT_OK

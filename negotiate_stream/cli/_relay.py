@@ -1,0 +1,95 @@
+"""Moving plaintext between asyncio streams (echo, two-way relay) and running a listener until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .._framing import nns
+
+__all__ = ["RELAY_CHUNK", "Counters", "echo", "relay", "serve_until_stopped"]
+
+#: Bytes read per relay step: four full MS-NNS records, so one write protects and sends several records at once.
+RELAY_CHUNK = 4 * nns.MAX_PLAINTEXT_PER_RECORD
+
+
+@dataclass
+class Counters:
+    """Bytes relayed in each direction (``up``: towards the protected peer or the forward target)."""
+
+    up: int = 0
+    down: int = 0
+
+    def count_up(self, n: int) -> None:
+        """Add ``n`` bytes to ``up``."""
+        self.up += n
+
+    def count_down(self, n: int) -> None:
+        """Add ``n`` bytes to ``down``."""
+        self.down += n
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: Callable[[int], None]) -> None:
+    while data := await reader.read(RELAY_CHUNK):
+        writer.write(data)
+        count(len(data))
+        await writer.drain()
+    # Propagate the half-close: the far side sees EOF at a record boundary, a clean end of stream.
+    if writer.can_write_eof() and not writer.is_closing():
+        writer.write_eof()
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counters: Counters) -> None:
+    """Send everything read back to the same peer until EOF, half-close, then close; counts ``counters.up``."""
+    try:
+        await _pump(reader, writer, counters.count_up)
+    finally:
+        writer.close()
+
+
+async def relay(
+    a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    counters: Counters,
+) -> None:
+    """Copy a -> b and b -> a until both directions reached EOF; half-closes are passed on; closes both.
+
+    The first failure in either direction (a tampered record, a reset) stops both and is raised.
+    """
+    tasks = [
+        asyncio.ensure_future(_pump(a[0], b[1], counters.count_up)),
+        asyncio.ensure_future(_pump(b[0], a[1], counters.count_down)),
+    ]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for _, writer in (a, b):
+            writer.close()
+
+
+async def serve_until_stopped(server: asyncio.Server, active: set[asyncio.Task[None]]) -> None:
+    """Wait for SIGINT or SIGTERM, then stop accepting, cancel the connection handlers in ``active`` and wait
+    for them, so that every connection is reported before the command reports that it stopped."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C arrives as KeyboardInterrupt instead
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        for task in list(active):
+            task.cancel()
+        await asyncio.gather(*active, return_exceptions=True)
+        await server.wait_closed()

@@ -1,0 +1,111 @@
+"""What the commands tell people and scripts: events as text or JSON lines, the ``-v`` trace, fatal errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .. import SessionInfo
+from ..errors import status_name
+from ._errors import describe_error, exit_code_for
+
+__all__ = ["Reporter", "format_address", "session_fields", "setup_logging"]
+
+
+class _JSONFormatter(logging.Formatter):
+    # With --json every line on the stream must parse, the library's trace lines included.
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"event": "log", "level": record.levelname, "message": record.getMessage()})
+
+
+def setup_logging(args: argparse.Namespace, stream: IO[str]) -> None:
+    """Send the ``negotiate_stream`` logger to ``stream``: DEBUG with ``-v``, else warnings only."""
+    logger = logging.getLogger("negotiate_stream")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_JSONFormatter() if args.json else logging.Formatter("negotiate-stream: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+
+
+@dataclass
+class Reporter:
+    """Writes events: a human line on ``human`` (stderr), or with ``--json`` one JSON object per line on ``json``.
+
+    ``fatal()`` always reaches stderr in plain words, except when stderr is the JSON stream (every line on it must
+    stay JSON).
+    """
+
+    command: str
+    json_output: bool
+    json_stream: IO[str]
+    human: IO[str] = field(default_factory=lambda: sys.stderr)
+
+    def event(self, name: str, text: str, **fields: Any) -> None:
+        """Report event ``name``: ``text`` for people, ``fields`` (plus ``event`` and ``time``) for scripts."""
+        if self.json_output:
+            record = {"event": name, "time": round(time.time(), 3), **fields}
+            self.json_stream.write(json.dumps(record, default=str) + "\n")
+            self.json_stream.flush()
+        else:
+            self.human.write(f"{self.command}: {text}\n")
+            self.human.flush()
+
+    def failure(self, name: str, prefix: str, exc: BaseException, **fields: Any) -> None:
+        """Report a per-connection failure ``exc`` as event ``name``: ``"<prefix>: <reason>"`` plus its error
+        class, message and the exit code it would map to."""
+        reason = describe_error(exc)
+        self.event(
+            name,
+            f"{prefix}: {reason}",
+            error=type(exc).__name__,
+            message=reason,
+            exit_code=exit_code_for(exc),
+            **fields,
+        )
+
+    def fatal(self, exc: BaseException) -> int:
+        """Report a fatal error in one line; return its exit code."""
+        code = exit_code_for(exc)
+        reason = describe_error(exc)
+        if self.json_output:
+            status = getattr(exc, "status", None)
+            self.event(
+                "error",
+                reason,
+                error=type(exc).__name__,
+                status=status_name(status) if isinstance(status, int) else None,
+                message=reason,
+                exit_code=code,
+            )
+        if not self.json_output or self.json_stream is not self.human:
+            self.human.write(f"negotiate-stream {self.command}: {reason}\n")
+            self.human.flush()
+        return code
+
+
+def session_fields(info: SessionInfo, handshake_seconds: float) -> dict[str, Any]:
+    """JSON-ready fields of a :class:`~negotiate_stream.SessionInfo` (no secrets: names and flags only)."""
+    return {
+        "protocol": info.protocol,
+        "protection_level": info.protection_level.value,
+        "peer_identity": info.peer_identity,
+        "mutually_authenticated": info.mutually_authenticated,
+        "encrypted": info.is_encrypted,
+        "signed": info.is_signed,
+        "framing": info.framing,
+        "handshake_ms": round(handshake_seconds * 1000, 1),
+    }
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` of a socket address tuple (``[v6]:port`` for IPv6)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return str(address)

@@ -1,0 +1,88 @@
+"""Helpers shared by the command-line tests: the ``negotiate-stream`` command run as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+from negotiate_stream.testing import NTLMUsers
+
+#: The command, run the way ``python -m negotiate_stream`` runs it (no reliance on the installed script's PATH).
+CLI = [sys.executable, "-m", "negotiate_stream"]
+#: The account of the session's ``ntlm_users`` fixture, as ``connect --user`` takes it.
+USER = "NEGOTIATE-TEST\\alice"
+#: Generous guard so a hanging subprocess fails the test instead of stalling the suite; never a timing assertion.
+TIMEOUT = 60
+# The client reads its password from this variable: a password is never accepted on the command line.
+_PASSWORD_VARIABLE = "NS_TEST_PASSWORD"
+
+
+def client_env(password: str) -> dict[str, str]:
+    """The environment of a ``connect`` subprocess whose ``--password-env`` holds ``password``."""
+    return {**os.environ, _PASSWORD_VARIABLE: password}
+
+
+def connect_args(port: int, *extra: str) -> list[str]:
+    """The command line of ``connect`` to ``127.0.0.1:port`` as :data:`USER`, password from :func:`client_env`."""
+    return [*CLI, "connect", f"127.0.0.1:{port}", "--user", USER, "--password-env", _PASSWORD_VARIABLE, *extra]
+
+
+def run_connect(port: int, *extra: str, stdin: bytes | IO[bytes], password: str) -> subprocess.CompletedProcess[bytes]:
+    """Run :func:`connect_args` to completion, ``stdin`` (bytes or an open file) as its input; capture its output.
+
+    The exit status is not checked here: it is what the tests assert.
+    """
+    source: dict[str, Any] = {"input": stdin} if isinstance(stdin, bytes) else {"stdin": stdin}
+    return subprocess.run(
+        connect_args(port, *extra),
+        capture_output=True,
+        env=client_env(password),
+        timeout=TIMEOUT,
+        check=False,
+        **source,
+    )
+
+
+class Serve:
+    """A running ``serve --json`` subprocess; ``events`` holds its JSON lines once stopped."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.port = port
+        self.events: list[dict[str, object]] = []
+        self.stderr = ""
+
+    def stop(self) -> int:
+        """Stop the server as a service manager would (SIGTERM), collect its events; return its exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=TIMEOUT)
+        self.events += [json.loads(line) for line in out.decode().splitlines()]
+        self.stderr = err.decode()
+        return self.process.returncode
+
+
+@contextmanager
+def serve(users: NTLMUsers, *mode: str) -> Iterator[Serve]:
+    """Run ``serve`` on a free loopback port with the accounts of ``users``; ``mode`` defaults to ``--echo``."""
+    process = subprocess.Popen(
+        [*CLI, "serve", "--listen", "127.0.0.1:0", "--users-file", users.path, "--json", *(mode or ("--echo",))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        assert first["event"] == "listening", first
+        server = Serve(process, int(first["port"]))
+        server.events.append(first)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
