@@ -1,1 +1,1 @@
-"""Tests of the anyio and blocking-socket adapters, and of the adapters talking to each other."""
+"""Adapter tests over real sockets: one package per adapter (asyncio, anyio, sync), plus cross-adapter tests."""

@@ -1,11 +1,15 @@
-"""Helpers shared by the asyncio adapter tests: real loopback sockets, real NTLM contexts, raw peers."""
+"""Helpers shared by the asyncio adapter tests: real loopback sockets, real NTLM contexts, raw peers.
+
+One copy of each: the hang guard (:func:`run`), both sides' NTLM options, payloads and digests, the recording app
+protocol (:class:`Collector`), a hand-driven peer (:class:`RawPeer`), a byte-flipping man in the middle
+(:class:`TamperingProxy`) and the leak probes (:func:`rss_bytes`, :func:`other_tasks`, :func:`settle`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
-import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -31,10 +35,12 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = GUARD_TIMEOUT) -> T:
     return asyncio.run(guarded())
 
 
-def client_options(users: NTLMUsers, level: str = "encrypt_and_sign", **extra: Any) -> dict[str, Any]:
-    """Options for a client context of the first account."""
+def client_options(
+    users: NTLMUsers, level: str = "encrypt_and_sign", *, password: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Options for a client context of the first account (``password`` overrides its password)."""
     return {
-        "credentials": users.client_credentials(),
+        "credentials": users.client_credentials(password=password),
         "protocol": "ntlm",
         "target": "host/localhost",
         "protection_level": level,
@@ -59,6 +65,76 @@ def digest(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def port_of(server: asyncio.AbstractServer) -> int:
+    """The listening port of ``server``."""
+    sockets = server.sockets  # type: ignore[attr-defined]
+    return int(sockets[0].getsockname()[1])
+
+
+def negotiator(server_side: bool, app: asyncio.BaseProtocol, options: dict[str, Any]) -> nsa.NegotiateProtocol:
+    """A NegotiateProtocol over a fresh context, running ``app`` once the handshake succeeds."""
+    return nsa.NegotiateProtocol(Connection(SecurityContext.create(server_side, **options)), app)
+
+
+class Collector(asyncio.Protocol):
+    """An application protocol under a NegotiateProtocol that records every callback.
+
+    ``made``, ``eof`` and ``lost`` are futures resolved by ``connection_made``, ``eof_received`` and the first
+    ``connection_lost``; ``lost_calls`` lists every ``connection_lost`` argument, so a test can prove it came
+    exactly once (or never). ``keep_open_on_eof`` is ``eof_received``'s answer; ``pause_on_connect`` pauses
+    reading inside ``connection_made``. Callbacks out of order (data before ``connection_made`` or after EOF)
+    fail an assertion.
+    """
+
+    def __init__(self, *, keep_open_on_eof: bool = False, pause_on_connect: bool = False) -> None:
+        loop = asyncio.get_running_loop()
+        self.keep_open_on_eof = keep_open_on_eof
+        self.pause_on_connect = pause_on_connect
+        self.transport: nsa.NegotiateTransport | None = None
+        self.made: asyncio.Future[nsa.NegotiateTransport] = loop.create_future()
+        self.eof: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+        self.lost_calls: list[BaseException | None] = []
+        self.data = bytearray()
+        self.chunks = 0
+        self.writing_paused = 0
+        self.writing_resumed = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Record the (protected) transport; pause reading at once if asked to."""
+        assert isinstance(transport, nsa.NegotiateTransport)
+        self.transport = transport
+        if self.pause_on_connect:
+            transport.pause_reading()
+        self.made.set_result(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Append ``data``; count the calls."""
+        assert self.transport is not None, "data before connection_made"
+        assert not self.eof.done(), "data after EOF"
+        self.data += data
+        self.chunks += 1
+
+    def eof_received(self) -> bool:
+        """Resolve ``eof``; keep our side open only if asked to."""
+        self.eof.set_result(None)
+        return self.keep_open_on_eof
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Record the call; resolve ``lost`` with the first one's argument."""
+        self.lost_calls.append(exc)
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        """Count flow-control pauses."""
+        self.writing_paused += 1
+
+    def resume_writing(self) -> None:
+        """Count flow-control resumes."""
+        self.writing_resumed += 1
+
+
 async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Echo everything until EOF, then close."""
     try:
@@ -72,12 +148,6 @@ async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
 async def start_echo_server(users: NTLMUsers, level: str = "encrypt_and_sign", **kwargs: Any) -> asyncio.Server:
     """A negotiate echo server on an ephemeral loopback port."""
     return await nsa.start_server(echo_handler, "127.0.0.1", 0, **server_options(users, level), **kwargs)
-
-
-def port_of(server: asyncio.AbstractServer) -> int:
-    """The listening port of ``server``."""
-    sockets = server.sockets  # type: ignore[attr-defined]
-    return int(sockets[0].getsockname()[1])
 
 
 class RawPeer:
@@ -119,7 +189,7 @@ class RawPeer:
             await self.writer.drain()
 
     async def receive(self, size: int) -> bytes:
-        """Receive at least ``size`` bytes of verified plaintext."""
+        """Receive at least ``size`` bytes of verified plaintext (fewer only at EOF)."""
         while len(self.received) < size:
             event = self.connection.next_event()
             if isinstance(event, Data):
@@ -154,65 +224,57 @@ async def start_raw_server(
 
 
 class TamperingProxy:
-    """A man-in-the-middle TCP proxy: forwards both ways, passing each server->client record through ``tamper``.
+    """A man-in-the-middle TCP proxy: forwards both ways and flips one byte of the first data record in one direction.
 
-    It follows the MS-NNS handshake (frames from ``_framing.nns``) so it knows where data records start.
+    It follows each direction's MS-NNS handshake (frames parsed by ``_framing.nns``) and leaves it intact: the data
+    phase of a direction starts after that side's HandshakeDone frame. ``offset`` counts from the start of the
+    first record (its 4-byte length header); ``flipped`` tells whether the byte was reached. A half-close is
+    passed on as a half-close.
     """
 
-    def __init__(self, upstream_port: int, tamper: Callable[[bytearray], bytearray]) -> None:
+    def __init__(self, upstream_port: int, direction: str, offset: int, mask: int = 0x20) -> None:
         self.upstream_port = upstream_port
-        self.tamper = tamper
-        self.server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.direction = direction
+        self.offset = offset
+        self.mask = mask
+        self.flipped = False
 
-    async def start(self) -> int:
-        """Listen on an ephemeral port and return it."""
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return port_of(self.server)
+    async def start(self) -> asyncio.Server:
+        """Listen on an ephemeral loopback port."""
+        return await asyncio.start_server(self._serve, "127.0.0.1", 0)
 
-    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        upward = asyncio.ensure_future(self._pipe(client_reader, up_writer))
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        await asyncio.gather(
+            self._pump(client_r, server_w, "client_to_server"),
+            self._pump(server_r, client_w, "server_to_client"),
+            return_exceptions=True,
+        )
+        client_w.close()
+        server_w.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+        seen = bytearray()
+        data_start: int | None = None
         try:
-            await self._down(up_reader, client_writer)
-        finally:
-            upward.cancel()
-            client_writer.close()
-            up_writer.close()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while chunk := await reader.read(65536):
-            writer.write(chunk)
-        writer.write_eof()
-
-    async def _down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        buffer = bytearray()
-        handshaking = True
-        while chunk := await reader.read(65536):
-            buffer += chunk
-            while handshaking:
-                parsed = nns.parse_handshake(buffer, 0)
-                if parsed is None:
-                    break
-                frame, end = parsed
-                writer.write(bytes(buffer[:end]))
-                del buffer[:end]
-                if frame.message_id is nns.MessageId.HANDSHAKE_DONE:
-                    handshaking = False
-            while not handshaking and len(buffer) >= 4:
-                (length,) = struct.unpack_from("<I", buffer, 0)
-                if len(buffer) < 4 + length:
-                    break
-                record = bytearray(buffer[: 4 + length])
-                del buffer[: 4 + length]
-                writer.write(bytes(self.tamper(record)))
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+            while chunk := bytearray(await reader.read(65536)):
+                chunk_start = len(seen)
+                seen += chunk
+                position = 0
+                while data_start is None and (parsed := nns.parse_handshake(seen, position)) is not None:
+                    frame, position = parsed
+                    if frame.message_id is nns.MessageId.HANDSHAKE_DONE:
+                        data_start = position
+                if direction == self.direction and data_start is not None and not self.flipped:
+                    target = data_start + self.offset - chunk_start
+                    if 0 <= target < len(chunk):
+                        chunk[target] ^= self.mask
+                        self.flipped = True
+                writer.write(chunk)
+                await writer.drain()
+            writer.write_eof()
+        except ConnectionError:
+            writer.close()
 
 
 def rss_bytes() -> int:

@@ -1,35 +1,29 @@
-"""asyncio Protocol API over real loopback TCP and real NTLM: NegotiateProtocol, NegotiateTransport, start_negotiate."""
+"""Protocol API over real loopback TCP and real NTLM: NegotiateProtocol, NegotiateTransport, start_negotiate."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import pytest
-from tests.asyncio_helpers import LEVELS, client_opts, run_guarded, server_opts
 
 from negotiate_stream import asyncio_ as nsa
-from negotiate_stream._connection import Connection, SessionInfo
-from negotiate_stream._context import ProtectionLevel, SecurityContext
+from negotiate_stream._connection import SessionInfo
+from negotiate_stream._context import ProtectionLevel
 from negotiate_stream._framing import nns
 from negotiate_stream.errors import StreamClosedError
 from negotiate_stream.testing import NTLMUsers
-
-T = TypeVar("T")
-GUARD = 60.0  # a hung test fails after this long instead of stalling the suite; never a performance check
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a fresh loop, failing after GUARD seconds rather than hanging."""
-    return run_guarded(coro, GUARD)
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Deterministic pseudo-random bytes."""
-    block = hashlib.sha256(seed.to_bytes(4, "big")).digest() * 4096  # 128 KiB
-    return (block * (size // len(block) + 1))[:size]
+from tests.support.aio import (
+    LEVELS,
+    Collector,
+    client_options,
+    digest,
+    negotiator,
+    payload,
+    port_of,
+    run,
+    server_options,
+)
 
 
 def chunked(data: bytes) -> list[bytes]:
@@ -44,44 +38,29 @@ def chunked(data: bytes) -> list[bytes]:
     return parts
 
 
-class Collector(asyncio.Protocol):
-    """An application protocol that records every callback; ``keep_open_on_eof`` is eof_received's answer."""
+class BufferedCollector(asyncio.BufferedProtocol):
+    """A BufferedProtocol app protocol with a deliberately small buffer (forces many get_buffer calls)."""
 
-    def __init__(self, *, keep_open_on_eof: bool = False, pause_on_connect: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        self.keep_open_on_eof = keep_open_on_eof
-        self.pause_on_connect = pause_on_connect
-        self.transport: nsa.NegotiateTransport | None = None
-        self.made: asyncio.Future[nsa.NegotiateTransport] = loop.create_future()
-        self.eof: asyncio.Future[None] = loop.create_future()
-        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+    def __init__(self) -> None:
+        self.buffer = bytearray(1000)
         self.data = bytearray()
-        self.writing_paused = 0
-        self.writing_resumed = 0
+        self.calls = 0
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, nsa.NegotiateTransport)
-        self.transport = transport
-        if self.pause_on_connect:
-            transport.pause_reading()
-        self.made.set_result(transport)
+    def get_buffer(self, sizehint: int) -> bytearray:
+        """Always the same small buffer."""
+        return self.buffer
 
-    def data_received(self, data: bytes) -> None:
-        assert not self.eof.done(), "data after EOF"
-        self.data += data
-
-    def eof_received(self) -> bool:
-        self.eof.set_result(None)
-        return self.keep_open_on_eof
+    def buffer_updated(self, nbytes: int) -> None:
+        """Copy out what was written into the buffer (never more than it holds)."""
+        assert nbytes <= len(self.buffer)
+        self.data += self.buffer[:nbytes]
+        self.calls += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.set_result(exc)
-
-    def pause_writing(self) -> None:
-        self.writing_paused += 1
-
-    def resume_writing(self) -> None:
-        self.writing_resumed += 1
+        """Resolve ``lost``."""
+        if not self.lost.done():
+            self.lost.set_result(exc)
 
 
 async def protocol_pair(
@@ -101,12 +80,12 @@ async def protocol_pair(
     def factory() -> nsa.NegotiateProtocol:
         app = server_app()
         server_apps.append(app)
-        return nsa.NegotiateProtocol(Connection(SecurityContext.create(True, **server_opts(users, level))), app)
+        return negotiator(True, app, server_options(users, level))
 
     server = await loop.create_server(factory, "127.0.0.1", 0)
     app = client_app if client_app is not None else Collector()
-    client = nsa.NegotiateProtocol(Connection(SecurityContext.create(False, **client_opts(users, level))), app)
-    await loop.create_connection(lambda: client, "127.0.0.1", server.sockets[0].getsockname()[1])
+    client = negotiator(False, app, client_options(users, level))
+    await loop.create_connection(lambda: client, "127.0.0.1", port_of(server))
     return server, server_apps, app, client
 
 
@@ -120,10 +99,14 @@ async def first_server_app(apps: list[asyncio.BaseProtocol]) -> Collector:
     return app
 
 
+# -- transfers and extras ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["write_eof", "close"])
 @pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("direction", ["client_to_server", "server_to_client"])
-def test_protocol_transfer_1mib_checksums_match(ntlm_users: NTLMUsers, level: str, direction: str) -> None:
-    """1 MiB in writes of varied sizes, then write_eof: the receiver gets every byte (SHA-256) and a clean EOF."""
+def test_protocol_transfer_1mib_checksums_match(ntlm_users: NTLMUsers, level: str, direction: str, ending: str) -> None:
+    """1 MiB in varied writes, ended by write_eof or close, arrives intact with a clean EOF at every level."""
     data = payload(1 << 20, seed=len(level))
 
     async def main() -> None:
@@ -132,15 +115,22 @@ def test_protocol_transfer_1mib_checksums_match(ntlm_users: NTLMUsers, level: st
             assert isinstance(client_app, Collector)
             client_transport = await client_app.made
             server_app = await first_server_app(server_apps)
+            assert server_app.transport is not None
+            assert server_app.transport.get_extra_info("peer_identity") == "NEGOTIATE-TEST\\alice"
+            assert client_transport.get_extra_info("protection_level") is ProtectionLevel(level)
+            assert client_transport.get_extra_info("negotiated_protocol") == "ntlm"
+            assert client_transport.get_extra_info("sockname")[0] == "127.0.0.1"
             sender, receiver = (client_app, server_app) if direction == "client_to_server" else (server_app, client_app)
             assert sender.transport is not None
             for part in chunked(data):
                 sender.transport.write(part)
-            sender.transport.write_eof()
+            if ending == "write_eof":
+                sender.transport.write_eof()
+            else:
+                sender.transport.close()  # flushes the queued records first
             await receiver.eof
             assert await receiver.lost is None
-            assert hashlib.sha256(receiver.data).hexdigest() == hashlib.sha256(data).hexdigest()
-            assert client_transport.get_extra_info("protection_level") is ProtectionLevel(level)
+            assert digest(receiver.data) == digest(data)
 
     run(main())
 
@@ -163,7 +153,8 @@ def test_extra_info_names_and_fallback(ntlm_users: NTLMUsers) -> None:
             assert client.get_extra_info("negotiated_protocol") == "ntlm"
             assert client.get_extra_info("protection_level") is ProtectionLevel.SIGN
             assert client.get_extra_info("mutually_authenticated") is info.mutually_authenticated
-            assert client.get_extra_info("peername") == ("127.0.0.1", server.sockets[0].getsockname()[1])
+            assert client.get_extra_info("peername") == ("127.0.0.1", port_of(server))
+            assert client.get_extra_info("sockname")[0] == "127.0.0.1"
             assert client.get_extra_info("socket") is not None
             assert client.get_extra_info("no such name", "fallback") == "fallback"
             assert client.can_write_eof()
@@ -174,28 +165,15 @@ def test_extra_info_names_and_fallback(ntlm_users: NTLMUsers) -> None:
     run(main())
 
 
+# -- BufferedProtocol app protocols -------------------------------------------------------------------------------
+
+
 def test_buffered_app_protocol_receives_through_small_buffers(ntlm_users: NTLMUsers) -> None:
-    """An app BufferedProtocol with a 1000-byte buffer gets records copied into it, in order, intact."""
+    """An app BufferedProtocol with a 1000-byte buffer gets every record copied into it, in order, intact."""
     data = payload(300_000, seed=9)
 
-    class Buffered(asyncio.BufferedProtocol):
-        def __init__(self) -> None:
-            self.buffer = bytearray(1000)
-            self.received = bytearray()
-            self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-
-        def get_buffer(self, sizehint: int) -> bytearray:
-            return self.buffer
-
-        def buffer_updated(self, nbytes: int) -> None:
-            assert nbytes <= 1000
-            self.received += self.buffer[:nbytes]
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self.lost.set_result(exc)
-
     async def main() -> None:
-        server, server_apps, _, client = await protocol_pair(ntlm_users, server_app=Buffered)
+        server, server_apps, _, client = await protocol_pair(ntlm_users, server_app=BufferedCollector)
         async with server:
             while client.app_transport is None:
                 await asyncio.sleep(0.001)
@@ -204,15 +182,40 @@ def test_buffered_app_protocol_receives_through_small_buffers(ntlm_users: NTLMUs
             while not server_apps:
                 await asyncio.sleep(0.001)
             app = server_apps[0]
-            assert isinstance(app, Buffered)
+            assert isinstance(app, BufferedCollector)
             assert await app.lost is None
-            assert app.received == data
+            assert digest(app.data) == digest(data)
+            assert app.calls >= 300
 
     run(main())
 
 
+def test_buffered_protocol_with_empty_buffer_fails_instead_of_spinning(ntlm_users: NTLMUsers) -> None:
+    """An app whose get_buffer() returns an empty buffer gets connection_lost(RuntimeError), not a hung loop."""
+
+    class Empty(BufferedCollector):
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return bytearray()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        app = Empty()
+        server = await loop.create_server(lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0)
+        async with server:
+            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            writer.write(b"data")
+            # asyncio itself fails a BufferedProtocol the same way.
+            assert isinstance(await app.lost, RuntimeError)
+            writer.close()
+
+    run(main(), timeout=10)
+
+
+# -- writing, half-close, close -------------------------------------------------------------------------------------
+
+
 def test_write_protects_before_returning_and_writelines_is_one_write(ntlm_users: NTLMUsers) -> None:
-    """The caller may reuse its buffer as soon as write() returns; writelines sends the concatenation."""
+    """write() may be followed by buffer reuse; writelines sends the concatenation; writes after write_eof raise."""
 
     async def main() -> None:
         server, server_apps, client_app, _ = await protocol_pair(ntlm_users)
@@ -228,6 +231,7 @@ def test_write_protects_before_returning_and_writelines_is_one_write(ntlm_users:
             server_app = await first_server_app(server_apps)
             await server_app.eof
             assert bytes(server_app.data) == b"original contentsabc"
+            # StreamClosedError (not asyncio's RuntimeError): the send side is finished.
             with pytest.raises(StreamClosedError, match="write_eof"):
                 transport.write(b"too late")
 
@@ -262,8 +266,7 @@ def test_write_eof_is_a_half_close_the_peer_can_still_answer(ntlm_users: NTLMUse
 
 
 def test_abort_and_writes_after_close(ntlm_users: NTLMUsers) -> None:
-    """abort() ends the connection at once (connection_lost(None) on our side, EOF at the peer); later writes
-    raise StreamClosedError instead of being dropped silently."""
+    """abort() ends the connection at once (clean loss here, EOF at the peer); later writes raise StreamClosedError."""
 
     async def main() -> None:
         server, server_apps, client_app, _ = await protocol_pair(ntlm_users)
@@ -274,16 +277,67 @@ def test_abort_and_writes_after_close(ntlm_users: NTLMUsers) -> None:
             transport.abort()
             assert await client_app.lost is None
             assert await server_app.lost is None or isinstance(server_app.lost.result(), ConnectionError)
-            with pytest.raises(StreamClosedError):
+            with pytest.raises(StreamClosedError):  # never dropped silently
                 transport.write(b"after abort")
 
     run(main())
 
 
+class ClosesAt(Collector):
+    """Closes its transport from inside a callback (``connection_made`` or the first ``data_received``)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Close at once if asked to (e.g. a server rejecting the user)."""
+        super().connection_made(transport)
+        if self.where == "connection_made":
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        """Close on the first data if asked to."""
+        super().data_received(data)
+        if self.where == "data_received":
+            assert self.transport is not None
+            self.transport.close()
+
+
+@pytest.mark.parametrize("where", ["connection_made", "data_received"])
+def test_app_closing_inside_callback_is_a_clean_close(ntlm_users: NTLMUsers, where: str) -> None:
+    """An app closing inside a callback with records queued gets one connection_lost(None) and no later data."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.writelines([b"first", b" record"])  # one protected write
+        for _ in range(50):
+            writer.write(b"more records in the same segment")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users))
+        async with server:
+            app = ClosesAt(where)
+            await loop.create_connection(
+                lambda: negotiator(False, app, client_options(ntlm_users)), "127.0.0.1", port_of(server)
+            )
+            assert await app.lost is None
+            assert app.lost_calls == [None]
+            assert app.chunks <= 1
+            if app.chunks:
+                assert bytes(app.data) == b"first record"
+
+    run(main())
+
+
+# -- flow control ---------------------------------------------------------------------------------------------------
+
+
 def test_flow_control_slow_reader_pauses_writer_with_bounded_buffers(ntlm_users: NTLMUsers) -> None:
-    """The server app pauses reading: the client's app protocol gets pause_writing once the socket buffers fill,
-    the client's write buffer stays near its high-water mark and the server buffers at most one read; after
-    resume_reading everything arrives and the client gets resume_writing."""
+    """A paused reader pauses the writing app (once, then resumes it) with both ends' buffers bounded."""
     high = 256 * 1024
     chunk = payload(64 * 1024, seed=3)
     record_overhead = 64  # per record: length header + NTLM signature, generously
@@ -300,6 +354,7 @@ def test_flow_control_slow_reader_pauses_writer_with_bounded_buffers(ntlm_users:
             transport.set_write_buffer_limits(high=high)
             assert transport.get_write_buffer_limits()[1] == high
             sent = 0
+            # The client app gets pause_writing once the socket buffers fill; its write buffer stays near `high`.
             while not client_app.writing_paused:
                 transport.write(chunk)
                 sent += len(chunk)
@@ -323,6 +378,37 @@ def test_flow_control_slow_reader_pauses_writer_with_bounded_buffers(ntlm_users:
     run(main())
 
 
+def test_paused_reader_at_eof_loses_nothing(ntlm_users: NTLMUsers) -> None:
+    """The peer sends 1 MiB and closes while our app has paused reading: every byte still arrives, then EOF."""
+    data = payload(1 << 20, 11)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> bytes:
+        server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users))
+        async with server:
+            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            # Do not read yet: the StreamReader pauses the transport with records still undelivered, then the
+            # peer's EOF arrives.
+            await asyncio.sleep(0.3)
+            received = bytearray()
+            while chunk := await reader.read(16384):  # a slow consumer: resumes and pauses many times
+                received += chunk
+                await asyncio.sleep(0.001)
+            writer.close()
+            return bytes(received)
+
+    received = run(main())
+    assert len(received) == len(data)
+    assert digest(received) == digest(data)
+
+
+# -- start_negotiate ------------------------------------------------------------------------------------------------
+
+
 class Preamble(asyncio.Protocol):
     """A plaintext server protocol: reads ``application/negotiate\\n``, then upgrades with start_negotiate.
 
@@ -337,10 +423,12 @@ class Preamble(asyncio.Protocol):
         self.initial_data = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the plain transport."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        """Wait for the line and the first handshake byte, then start the upgrade."""
         self.buffer += data
         line, newline, rest = bytes(self.buffer).partition(b"\n")
         if newline and rest and self.upgrade is None:
@@ -353,14 +441,13 @@ class Preamble(asyncio.Protocol):
     async def _upgrade(self, rest: bytes) -> tuple[Collector, nsa.NegotiateTransport]:
         app = Collector()
         secure = await nsa.start_negotiate(
-            self.transport, app, server_side=True, initial_data=rest, **server_opts(self.users)
+            self.transport, app, server_side=True, initial_data=rest, **server_options(self.users)
         )
         return app, secure
 
 
 def test_start_negotiate_after_plaintext_preamble(ntlm_users: NTLMUsers) -> None:
-    """Both sides speak plaintext first, then upgrade the same connection; bytes read past the preamble are
-    handed over as initial_data; connection_made gets the new transport; data flows both ways."""
+    """Both sides upgrade a plaintext connection; bytes read past the preamble go in as initial_data; data flows."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -368,11 +455,12 @@ def test_start_negotiate_after_plaintext_preamble(ntlm_users: NTLMUsers) -> None
         server = await loop.create_server(lambda: preamble, "127.0.0.1", 0)
         async with server:
             plain_app = asyncio.Protocol()
-            raw, _ = await loop.create_connection(lambda: plain_app, "127.0.0.1", server.sockets[0].getsockname()[1])
+            raw, _ = await loop.create_connection(lambda: plain_app, "127.0.0.1", port_of(server))
+            # The preamble and the first handshake token may leave in one segment: the server reads past the line.
             raw.write(b"application/negotiate\n")
             client_app = Collector()
-            secure = await nsa.start_negotiate(raw, client_app, **client_opts(ntlm_users))
-            assert await client_app.made is secure
+            secure = await nsa.start_negotiate(raw, client_app, **client_options(ntlm_users))
+            assert await client_app.made is secure  # connection_made gets the new transport
             assert isinstance(secure, nsa.NegotiateTransport) and secure.get_extra_info("negotiate_stream").is_encrypted
             assert preamble.upgrade is not None
             server_app, server_secure = await preamble.upgrade
@@ -390,8 +478,7 @@ def test_start_negotiate_after_plaintext_preamble(ntlm_users: NTLMUsers) -> None
 
 
 def test_start_negotiate_without_connection_made(ntlm_users: NTLMUsers) -> None:
-    """call_connection_made=False (loop.start_tls behaviour): the app protocol only receives data and uses the
-    returned transport."""
+    """call_connection_made=False (like loop.start_tls): the app only receives data and uses the returned transport."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -400,14 +487,39 @@ def test_start_negotiate_without_connection_made(ntlm_users: NTLMUsers) -> None:
             writer.write(await reader.read(100))
             writer.close()
 
-        server = await nsa.start_server(echo, "127.0.0.1", 0, **server_opts(ntlm_users))
+        server = await nsa.start_server(echo, "127.0.0.1", 0, **server_options(ntlm_users))
         async with server:
-            raw, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", server.sockets[0].getsockname()[1])
+            raw, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port_of(server))
             app = Collector()
-            secure = await nsa.start_negotiate(raw, app, call_connection_made=False, **client_opts(ntlm_users))
+            secure = await nsa.start_negotiate(raw, app, call_connection_made=False, **client_options(ntlm_users))
             assert not app.made.done()
+            app.transport = secure  # an app keeping its plaintext-era state is handed the new transport itself
             secure.write(b"ping")
             await app.eof
             assert bytes(app.data) == b"ping"
 
     run(main())
+
+
+def test_start_negotiate_on_closed_transport_raises_at_once(ntlm_users: NTLMUsers) -> None:
+    """start_negotiate on a transport whose peer already left raises StreamClosedError instead of waiting forever."""
+
+    class Plain(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost.set_result(exc)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        async with server:
+            plain = Plain()
+            transport, _ = await loop.create_connection(lambda: plain, "127.0.0.1", port_of(server))
+            await plain.lost  # the peer closed: the plain protocol already saw connection_lost
+            # With handshake_timeout=None, waiting for a connection_lost that was already delivered would hang.
+            with pytest.raises(StreamClosedError):
+                await nsa.start_negotiate(transport, Collector(), handshake_timeout=None, **client_options(ntlm_users))
+
+    run(main(), timeout=10)

@@ -1,0 +1,1 @@
+"""NegotiateStream (anyio) on asyncio and trio, over loopback TCP and in-memory pipes, with real NTLM."""

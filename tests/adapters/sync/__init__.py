@@ -1,0 +1,1 @@
+"""NegotiateSocket (blocking) over real loopback TCP sockets with real NTLM, including threads."""

@@ -1,1 +1,0 @@
-"""asyncio adapter tests over real loopback sockets."""
