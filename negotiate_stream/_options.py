@@ -1,7 +1,7 @@
 """Plain option types shared by every layer: protection levels, credentials, stream sizes, context options.
 
-Kept apart from :mod:`._context` (the pyspnego border) so that codecs, adapters and the CLI can use them without
-importing pyspnego.
+Kept apart from :mod:`._context` and the pyspnego border (:mod:`._spnego`) so that codecs, adapters and the CLI
+can use them without importing pyspnego.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ class Credentials:
     :func:`write_ntlm_user_file`) for NTLM, ``keytab`` for Kerberos; by default the ``NTLM_USER_FILE`` and
     ``KRB5_KTNAME`` environment variables are used, as with gss-ntlmssp and MIT Kerberos.
 
+    Kerberos (a ticket cache, a keytab, ``user@REALM``) needs the ``kerberos`` extra, ``pip install
+    'negotiate-stream[kerberos]'``, which builds python-gssapi against the system Kerberos library (libkrb5, e.g.
+    Debian's ``libkrb5-dev``); without it ``"negotiate"`` authenticates with NTLM only.
+
     The password is never shown by ``repr``.
     """
 
@@ -111,11 +115,14 @@ class ContextOptions(TypedDict, total=False):
     - ``target``: the service principal name of the server, ``service/host`` (default ``host/localhost``; the
       connection helpers default to ``host/<the host you connect to>``). A bare host name means ``host/<name>``.
     - ``protocol``: ``"negotiate"`` (SPNEGO: Kerberos, else NTLM; default), ``"ntlm"`` or ``"kerberos"``.
+      Kerberos needs the ``kerberos`` extra; without it ``"kerberos"`` raises
+      :class:`~negotiate_stream.errors.KerberosUnavailableError`.
     - ``protection_level``: ``"encrypt_and_sign"`` (default), ``"sign"`` or ``"none"``. On a server it is the
       minimum accepted; a client asking for more gets more (as in .NET).
     - ``channel_bindings``: ``tls-server-end-point`` application data (see :mod:`negotiate_stream.channel_bindings`).
     - ``require_mutual_auth``: fail the handshake unless the server proved its identity (Kerberos).
-    - ``allow_ntlm_fallback``: with ``"negotiate"``, set False to refuse NTLM (fails before credentials are sent).
+    - ``allow_ntlm_fallback``: with ``"negotiate"``, set False to refuse NTLM (fails before credentials are sent;
+      without the ``kerberos`` extra the first step raises :class:`~negotiate_stream.errors.KerberosUnavailableError`).
     - ``ntlm_seal_sign_only``: at protection level ``"sign"`` with NTLM, seal the records as gss-ntlmssp does (.NET
       on Linux/macOS) instead of the Windows layout (signature + plaintext). Both sides must agree.
     """

@@ -5,7 +5,7 @@ Every error the library raises is a :class:`NegotiateError`. The tree tells you 
 * :class:`LocalProtocolError` - *your* code used the API wrongly (write before the handshake, two concurrent
   readers, use after close). Fix the calling code.
 * :class:`AuthenticationError` - the handshake failed: bad credentials, a protection level or channel binding the
-  peer refused, an error reported by the peer, a timeout.
+  peer refused, an error reported by the peer, a timeout, a mechanism (Kerberos) that is not installed.
 * :class:`RemoteProtocolError` - the *peer* (or something between you and it) sent bytes that are not valid:
   malformed or oversize frames, truncated records, records that fail their integrity check.
 * :class:`BrokenStreamError` - any call after one of the above made the stream unusable.
@@ -26,6 +26,7 @@ __all__ = [
     "SEC_E_MESSAGE_ALTERED",
     "SEC_E_OUT_OF_SEQUENCE",
     "SEC_E_QOP_NOT_SUPPORTED",
+    "SEC_E_SECPKG_NOT_FOUND",
     "AuthenticationError",
     "BrokenStreamError",
     "ChannelBindingError",
@@ -34,6 +35,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeTimeoutError",
     "IntegrityError",
+    "KerberosUnavailableError",
     "LocalProtocolError",
     "NegotiateError",
     "ProtectionLevelError",
@@ -53,6 +55,11 @@ SEC_E_CONTEXT_EXPIRED = 0x80090317
 SEC_E_INCOMPLETE_MESSAGE = 0x80090318
 SEC_E_INTERNAL_ERROR = 0x80090304
 SEC_E_BAD_BINDINGS = 0x80090346
+SEC_E_SECPKG_NOT_FOUND = 0x80090305
+SEC_E_TARGET_UNKNOWN = 0x80090303
+SEC_E_NO_CREDENTIALS = 0x8009030E
+SEC_E_NO_AUTHENTICATING_AUTHORITY = 0x80090311
+SEC_E_TIME_SKEW = 0x80090324
 ERROR_TRUST_FAILURE = 0x000006FE
 E_FAIL = 0x80004005
 
@@ -66,13 +73,15 @@ _STATUS_NAMES = {
     SEC_E_INCOMPLETE_MESSAGE: "SEC_E_INCOMPLETE_MESSAGE",
     SEC_E_INTERNAL_ERROR: "SEC_E_INTERNAL_ERROR",
     SEC_E_BAD_BINDINGS: "SEC_E_BAD_BINDINGS",
+    SEC_E_SECPKG_NOT_FOUND: "SEC_E_SECPKG_NOT_FOUND",
+    SEC_E_TARGET_UNKNOWN: "SEC_E_TARGET_UNKNOWN",
+    SEC_E_NO_CREDENTIALS: "SEC_E_NO_CREDENTIALS",
+    SEC_E_NO_AUTHENTICATING_AUTHORITY: "SEC_E_NO_AUTHENTICATING_AUTHORITY",
+    SEC_E_TIME_SKEW: "SEC_E_TIME_SKEW",
     ERROR_TRUST_FAILURE: "ERROR_TRUST_FAILURE",
     E_FAIL: "E_FAIL",
     0x80090301: "SEC_E_INVALID_HANDLE",
     0x80090302: "SEC_E_UNSUPPORTED_FUNCTION",
-    0x80090303: "SEC_E_TARGET_UNKNOWN",
-    0x80090311: "SEC_E_NO_AUTHENTICATING_AUTHORITY",
-    0x8009030E: "SEC_E_NO_CREDENTIALS",
     0x80090321: "SEC_E_BUFFER_TOO_SMALL",
     0x80090337: "SEC_E_CRYPTO_SYSTEM_INVALID",
     0x80090300: "SEC_E_INSUFFICIENT_MEMORY",
@@ -155,6 +164,20 @@ class ChannelBindingError(AuthenticationError):
     """The channel bindings of the two sides did not match (possible man-in-the-middle)."""
 
     default_status = SEC_E_BAD_BINDINGS
+
+
+class KerberosUnavailableError(AuthenticationError):
+    """Kerberos was required but cannot run here: the ``kerberos`` extra (python-gssapi, krb5) is not installed.
+
+    Raised when a context is created with ``protocol="kerberos"``, and by the first :meth:`SecurityContext.step`
+    of a ``"negotiate"`` context with ``allow_ntlm_fallback=False`` (Negotiate could only pick NTLM, which that
+    option refuses). Install the extra with ``pip install 'negotiate-stream[kerberos]'``; building python-gssapi
+    needs the system Kerberos library (libkrb5, e.g. Debian's ``libkrb5-dev``). :attr:`status` is
+    ``SEC_E_SECPKG_NOT_FOUND``, or ``SEC_E_LOGON_DENIED`` for the refused NTLM fallback, as when Kerberos is
+    installed but fails.
+    """
+
+    default_status = SEC_E_SECPKG_NOT_FOUND
 
 
 class HandshakeTimeoutError(AuthenticationError, TimeoutError):

@@ -25,7 +25,8 @@ from types import TracebackType
 from typing import Any
 
 from ._connection import Connection, Data, EndOfStream, Event, HandshakeComplete, SessionInfo
-from ._context import Credentials, SecurityContext, write_ntlm_user_file
+from ._context import Credentials, SecurityContext
+from ._spnego.ntlm_users import write_ntlm_user_file
 
 __all__ = ["DEFAULT_DOMAIN", "NTLMUsers", "connection_pair", "exchange", "handshake", "transfer"]
 
