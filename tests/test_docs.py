@@ -1,4 +1,4 @@
-"""The documentation site (command-line page included) builds without warnings."""
+"""The documentation site (user guide, CLI reference, API reference) builds without warnings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _importable(name: str) -> bool:
