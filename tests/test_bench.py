@@ -1,18 +1,22 @@
-"""The benchmark runs end to end in its smallest mode and produces a sane table and JSON (no timing asserted)."""
+"""The benchmark (benchmarks/, run by ``scripts/run bench``) runs end to end in its smallest mode and produces a
+sane table, JSON and plot (no timing asserted)."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import io
 import json
 import os
+import pathlib
 
 import pytest
 
-from negotiate_stream._bench import BenchConfig, all_scenarios, run_bench
-from negotiate_stream._bench._core import KIB, WRITE_SIZE, StreamVerifier
-from negotiate_stream._bench._registry import matches, select
+import negotiate_stream
+from benchmarks import BenchConfig, all_scenarios, run_bench
+from benchmarks.__main__ import main
+from benchmarks.config import KIB, WRITE_SIZE
+from benchmarks.registry import matches, select
+from benchmarks.verify import StreamVerifier
 
 TINY = BenchConfig.create(quick=True, scale=0.01)
 
@@ -26,6 +30,7 @@ def _available(module: str) -> bool:
 
 @pytest.fixture(scope="module")
 def report():
+    """One run of every scenario at ``--quick --scale 0.01``, with its progress lines kept."""
     progress = io.StringIO()
     result = run_bench(TINY, progress_stream=progress)
     result.progress_text = progress.getvalue()  # type: ignore[attr-defined]
@@ -33,6 +38,7 @@ def report():
 
 
 def test_every_scenario_is_reported_once(report):
+    """Every scenario runs once, in the order of all_scenarios(), and appears in the table."""
     names = [r.name for r in report.results]
     assert names == [s.name for s in all_scenarios()]
     assert len(set(names)) == len(names)
@@ -42,6 +48,7 @@ def test_every_scenario_is_reported_once(report):
 
 
 def test_measured_numbers_are_positive_and_data_verified(report):
+    """No scenario errors; every measured one has a positive value and verified data."""
     for result in report.results:
         assert not result.status.startswith("error"), (result.name, result.status)
         if result.ok:
@@ -52,6 +59,7 @@ def test_measured_numbers_are_positive_and_data_verified(report):
 
 
 def test_nothing_of_ours_or_the_baselines_is_skipped_when_its_module_exists(report):
+    """Floors, baselines and our adapters are never skipped when their module imports; jetblack only when absent."""
     modules = {
         "asyncio-protocol": "negotiate_stream.asyncio_",
         "asyncio-streams": "negotiate_stream.asyncio_",
@@ -73,6 +81,7 @@ def test_nothing_of_ours_or_the_baselines_is_skipped_when_its_module_exists(repo
 
 
 def test_ratios_and_targets_are_computed(report):
+    """Floor, primitives, plain and step-loop ratios are filled in, and the targets are judged."""
     floor = report.get("floor.context.sealed")
     assert floor is not None
     assert floor.extra["protect_mbps"] > 0
@@ -93,6 +102,7 @@ def test_ratios_and_targets_are_computed(report):
 
 
 def test_two_process_scenarios_use_the_one_way_floor_and_report_both_cpus(report):
+    """Two-process scenarios are verified, judged against the one-way floor and report both CPU shares."""
     floor = report.get("floor.context.sealed")
     one_way = floor.extra["one_way_mbps"]
     assert floor.value < one_way <= max(floor.extra["protect_mbps"], floor.extra["unprotect_mbps"])
@@ -115,6 +125,7 @@ def test_two_process_scenarios_use_the_one_way_floor_and_report_both_cpus(report
 
 
 def test_json_round_trips_and_progress_was_written(report, tmp_path):
+    """The JSON file holds the machine, config and every result; progress went to the given stream."""
     path = tmp_path / "bench.json"
     report.write_json(str(path))
     data = json.loads(path.read_text())
@@ -126,6 +137,7 @@ def test_json_round_trips_and_progress_was_written(report, tmp_path):
 
 
 def test_memory_scenarios_report_rss(report):
+    """The concurrency and growth scenarios report their RSS figures."""
     for result in report.results:
         if result.ok and result.kind == "concurrent":
             assert result.extra["connections"] == TINY.concurrent[result.name.endswith("large")]
@@ -135,22 +147,11 @@ def test_memory_scenarios_report_rss(report):
 
 
 def test_cli_writes_json_and_plot(tmp_path, capsys):
-    from negotiate_stream.cli import bench
-
+    """``scripts/run bench --quick --scale 0.01 --only floor --json F --plot F --markdown`` writes both files."""
     out = tmp_path / "floor.json"
     plot = tmp_path / "floor.png"
-    args = argparse.Namespace(
-        quick=True,
-        scale=0.01,
-        only="floor",
-        json=str(out),
-        plot=str(plot),
-        markdown=True,
-        list=False,
-        no_progress=True,
-        no_isolate=False,
-    )
-    assert bench.run(args) == 0
+    argv = ["--quick", "--scale", "0.01", "--only", "floor", "--json", str(out), "--plot", str(plot)]
+    assert main([*argv, "--markdown", "--no-progress"]) == 0
     printed = capsys.readouterr()
     assert "| floor.context.sealed |" in printed.out
     assert {r["name"] for r in json.loads(out.read_text())["results"]} == {
@@ -163,21 +164,29 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
 
 
 def test_unknown_selection_is_an_error(capsys):
-    from negotiate_stream.cli import bench
-
-    args = argparse.Namespace(
-        quick=True,
-        scale=0.01,
-        only="no-such-scenario",
-        json=None,
-        plot=None,
-        markdown=False,
-        list=False,
-        no_progress=True,
-        no_isolate=True,
-    )
-    assert bench.run(args) == 2
+    """An --only that matches nothing exits 2 with a message."""
+    argv = ["--quick", "--scale", "0.01", "--only", "no-such-scenario", "--no-progress", "--no-isolate"]
+    assert main(argv) == 2
     assert "no scenario matches" in capsys.readouterr().err
+
+
+def test_list_and_profile(capsys):
+    """--list prints every selected name; --profile adds cProfile's table after the results."""
+    assert main(["--list", "--only", "2proc"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "ours.sync.2proc-send.sealed" in listed
+    assert "floor.context.sealed" not in listed
+    assert main(["--quick", "--scale", "0.01", "--only", "floor.context.sealed", "--no-progress", "--profile"]) == 0
+    printed = capsys.readouterr().out
+    assert "floor.context.sealed" in printed
+    assert "function calls" in printed and "tottime" in printed
+
+
+def test_harness_is_not_in_the_package():
+    """The harness lives in benchmarks/ only: the wheel's negotiate_stream has no bench module."""
+    package = pathlib.Path(negotiate_stream.__file__).parent
+    assert not (package / "_bench").exists()
+    assert not (package / "cli" / "bench.py").exists()
 
 
 @pytest.mark.parametrize(
@@ -195,10 +204,12 @@ def test_unknown_selection_is_an_error(capsys):
     ],
 )
 def test_selectors(selector, name, expected):
+    """--only selectors: full names, prefixes, components, first words and globs."""
     assert matches(name, selector) is expected
 
 
 def test_verifier_detects_corruption_loss_and_duplication():
+    """The StreamVerifier fails on a flipped bit, a missing byte and a shifted stream."""
     block = bytes(range(256)) * (WRITE_SIZE // 256)
     total = 8 * WRITE_SIZE
 
@@ -219,6 +230,7 @@ def test_verifier_detects_corruption_loss_and_duplication():
 
 
 def test_config_scales_and_rejects_nonsense():
+    """BenchConfig sizes: full size as documented, scaled to whole writes, scale 0 rejected."""
     full = BenchConfig.create()
     assert full.bulk_bytes == 256 * 1024 * 1024
     assert full.concurrent == (100, 1_000)

@@ -1,45 +1,33 @@
-"""The benchmark behind ``negotiate-stream bench``: every wrapper, its baselines and the crypto floor, in one run.
-
-Scenarios (select with :func:`run_bench`'s ``only``; see :func:`all_scenarios` for the names):
-
-* ``floor.*`` -- no I/O: one established SecurityContext protects the records of 64 KiB writes, its peer unprotects them
-  (sealed and sign-only); the same work with ``cryptography`` primitives only; the bare NTLM step loop.
-* ``baseline.*`` -- plain loopback copies with no Negotiate: asyncio Protocols and streams, stdlib TLS, anyio on
-  asyncio and trio, blocking sockets.
-* ``ours.*`` -- our adapters at each protection level, ping-pong, handshakes over loopback, many concurrent
-  connections, memory over a long transfer.
-* ``*.2proc-*`` -- the API under test in this process, its peer in a child process (bulk send and receive,
-  ping-pong), judged against the one-way crypto floor: each end's crypto on its own core, as between machines.
-* ``alternative.*`` -- jetblack-negotiate-stream, only when it is importable.
-
-Use::
-
-    from negotiate_stream._bench import BenchConfig, run_bench
-    report = run_bench(BenchConfig.create(quick=True), only=["floor", "asyncio-protocol"])
-    print(report.table())
-"""
+"""Run the selected scenarios one after the other (memory scenarios each in a fresh child) into a :class:`Report`."""
 
 from __future__ import annotations
 
 import gc
 import json
 import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Iterable
 from typing import TextIO
 
-from ..testing import NTLMUsers
-from ._baselines import baseline_scenarios
-from ._core import BenchConfig, Progress, Result, child_environment
-from ._floor import floor_scenarios
-from ._ours import alternative_scenarios, our_scenarios
-from ._registry import Context, Scenario, select
-from ._report import Report
-from ._split import split_scenarios
+from negotiate_stream.testing import NTLMUsers
 
-__all__ = ["BenchConfig", "Report", "Result", "Scenario", "all_scenarios", "run_bench"]
+from .adapters import adapter_scenarios
+from .alternative import alternative_scenarios
+from .baselines import baseline_scenarios
+from .config import BenchConfig
+from .floors import floor_scenarios
+from .handshakes import handshake_scenarios
+from .memory import memory_scenarios
+from .processes import child_command, child_environment
+from .progress import Progress
+from .registry import Context, Scenario, Unavailable, select, unit_of
+from .report import Report
+from .results import Result
+from .sans_io import in_memory_scenarios, reference_scenarios
+from .two_process import two_process_scenarios
+
+__all__ = ["all_scenarios", "run_bench", "run_child"]
 
 #: A child process running one isolated scenario gives up after this long.
 CHILD_TIMEOUT = 900.0
@@ -49,44 +37,46 @@ def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order of the report."""
     return [
         *floor_scenarios(),
+        *in_memory_scenarios(),
         *baseline_scenarios(),
-        *our_scenarios(),
-        *split_scenarios(),
+        *reference_scenarios(),
+        *adapter_scenarios(),
+        *handshake_scenarios(),
+        *memory_scenarios(),
+        *two_process_scenarios(),
         *alternative_scenarios(),
     ]
 
 
+def _failed(scenario: Scenario, status: str) -> Result:
+    return Result(
+        scenario.name, scenario.group, scenario.kind, level=scenario.level, unit=unit_of(scenario.kind), status=status
+    )
+
+
 def _run_here(scenario: Scenario, ctx: Context) -> Result:
+    """Run ``scenario`` in this process; a missing module makes it skipped, any other failure an error result."""
     try:
         return scenario.run(ctx)
+    except Unavailable as exc:
+        return _failed(scenario, f"skipped: {exc}")
     except Exception as exc:
-        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return Result(scenario.name, scenario.group, scenario.kind, level=scenario.level, status=f"error: {detail}")
+        return _failed(scenario, f"error: {traceback.format_exception_only(type(exc), exc)[-1].strip()}")
 
 
 def _run_isolated(scenario: Scenario, config: BenchConfig) -> Result:
     """Run ``scenario`` in a fresh interpreter (so RSS deltas are not blurred by earlier scenarios' heaps)."""
-    command = [
-        sys.executable,
-        "-m",
-        "negotiate_stream._bench",
-        "--child",
-        scenario.name,
-        "--config",
-        json.dumps(config.to_json()),
-    ]
+    command = child_command("--child", scenario.name, "--config", json.dumps(config.to_json()))
     try:
         child = subprocess.run(
             command, capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False, env=child_environment()
         )
     except subprocess.TimeoutExpired:
-        return Result(scenario.name, scenario.group, scenario.kind, level=scenario.level, status="error: timed out")
+        return _failed(scenario, "error: timed out")
     lines = child.stdout.strip().splitlines()
     if child.returncode != 0 or not lines:
         tail = (child.stderr.strip().splitlines() or ["no output"])[-1]
-        return Result(
-            scenario.name, scenario.group, scenario.kind, level=scenario.level, status=f"error: child failed: {tail}"
-        )
+        return _failed(scenario, f"error: child failed: {tail}")
     return Result.from_json(json.loads(lines[-1]))
 
 
@@ -116,7 +106,7 @@ def run_bench(
     """
     scenarios = select(all_scenarios(), only)
     if not scenarios:
-        raise ValueError(f"no scenario matches {list(only or [])!r}: see 'negotiate-stream bench --list'")
+        raise ValueError(f"no scenario matches {list(only or [])!r}: see 'scripts/run bench --list'")
     results: list[Result] = []
     started = time.perf_counter()
     with NTLMUsers.generate() as users, Progress(len(scenarios), stream=progress_stream, enabled=progress) as bar:

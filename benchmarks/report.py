@@ -1,4 +1,4 @@
-"""Ratios, target checks, and the table / JSON / PNG renderings of one benchmark run."""
+"""Ratios to the floors and baselines, and the table / JSON / PNG renderings of one benchmark run."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._core import BenchConfig, Result
+from .config import BenchConfig
+from .results import Result
+from .targets import Target, check_targets
 
-__all__ = ["Report", "Target", "machine_info"]
-
-# Thresholds of the performance targets (issue 7).
-BULK_FLOOR_RATIO = 0.90
-PINGPONG_PLAIN_RATIO = 0.80
-HANDSHAKE_COST_RATIO = 1.30
-RSS_PER_CONNECTION_KIB = 100.0
-#: "Flat memory": RSS may move by at most this much (max - min of the samples) over the growth transfer.
-FLAT_RSS_MIB = 8.0
+__all__ = ["Report", "machine_info"]
 
 
 def machine_info() -> dict[str, Any]:
@@ -47,16 +41,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-@dataclass
-class Target:
-    """One performance target of the issue and whether this run met it."""
-
-    name: str
-    wanted: str
-    measured: str
-    met: bool | None  # None: not measured in this run
-
-
 def _baseline_for(result: Result) -> str | None:
     """The plain baseline of the same API family: ``ours.anyio-trio.bulk.sealed`` -> ``baseline.anyio-trio.bulk``."""
     parts = result.name.split(".")
@@ -79,7 +63,7 @@ class Report:
 
     def __post_init__(self) -> None:
         self._compute_ratios()
-        self.targets = self._check_targets()
+        self.targets = check_targets(self)
 
     def get(self, name: str) -> Result | None:
         """The result called ``name`` if it ran successfully."""
@@ -169,97 +153,6 @@ class Report:
         if plain:
             result.ratios["plain"] = round(result.value / plain, 3)
             result.ratios["io_ceiling"] = round(result.value * (1.0 / one_way + 1.0 / plain), 3)
-
-    def _check_targets(self) -> list[Target]:
-        targets: list[Target] = []
-
-        def ratio_target(title: str, wanted: str, names: list[str], key: str, ok: Any) -> None:
-            found = [(n, r) for n in names if (r := self.get(n)) is not None and key in r.ratios]
-            if not found:
-                targets.append(Target(title, wanted, "not measured", None))
-                return
-            for name, result in found:
-                ratio = result.ratios[key]
-                targets.append(Target(f"{title}: {name}", wanted, f"{ratio:.2f}x", bool(ok(ratio))))
-
-        apis = ["asyncio-protocol", "asyncio-streams", "anyio-asyncio", "anyio-trio", "sync"]
-        for level, title in (("sealed", "bulk sealed"), ("sign", "bulk sign-only")):
-            ratio_target(
-                f"{title} vs crypto floor ({level})",
-                f">= {BULK_FLOOR_RATIO:.2f}x",
-                [f"ours.{api}.bulk.{level}" for api in apis],
-                "floor",
-                lambda r: r >= BULK_FLOOR_RATIO,
-            )
-            ratio_target(
-                f"{title}, two processes, vs one-way crypto floor",
-                f">= {BULK_FLOOR_RATIO:.2f}x",
-                [f"ours.{api}.2proc-{mode}.{level}" for mode in ("send", "receive") for api in apis],
-                "one_way_floor",
-                lambda r: r >= BULK_FLOOR_RATIO,
-            )
-        ratio_target(
-            "64 B ping-pong (sealed), two processes, vs plain",
-            f">= {PINGPONG_PLAIN_RATIO:.2f}x",
-            [f"ours.{api}.2proc-pingpong.sealed" for api in apis],
-            "plain",
-            lambda r: r >= PINGPONG_PLAIN_RATIO,
-        )
-        ratio_target(
-            "64 B ping-pong (sealed) vs plain",
-            f">= {PINGPONG_PLAIN_RATIO:.2f}x",
-            [f"ours.{api}.pingpong.sealed" for api in apis],
-            "plain",
-            lambda r: r >= PINGPONG_PLAIN_RATIO,
-        )
-        ratio_target(
-            "handshake cost vs bare step loop",
-            f"<= {HANDSHAKE_COST_RATIO:.2f}x",
-            [
-                "ours.connection-in-memory.handshake",
-                "ours.asyncio-streams.handshake",
-                "ours.asyncio-protocol.handshake",
-            ],
-            "cost_vs_step_loop",
-            lambda r: r <= HANDSHAKE_COST_RATIO,
-        )
-        ratio_target(
-            "handshake cost without TCP connect + close vs bare step loop",
-            f"<= {HANDSHAKE_COST_RATIO:.2f}x",
-            ["ours.asyncio-streams.handshake", "ours.asyncio-protocol.handshake"],
-            "cost_excl_tcp",
-            lambda r: r <= HANDSHAKE_COST_RATIO,
-        )
-        concurrent = [r for r in self.results if r.kind == "concurrent" and r.group == "ours" and r.ok]
-        if concurrent:
-            for result in concurrent:
-                per = float(result.extra.get("rss_kib_per_connection", 0.0))
-                targets.append(
-                    Target(
-                        f"RSS per sealed connection: {result.name}",
-                        f"< {RSS_PER_CONNECTION_KIB:.0f} KiB",
-                        f"{per:.1f} KiB",
-                        per < RSS_PER_CONNECTION_KIB,
-                    )
-                )
-        else:
-            targets.append(
-                Target("RSS per sealed connection", f"< {RSS_PER_CONNECTION_KIB:.0f} KiB", "not measured", None)
-            )
-        growth = self.get("ours.asyncio-streams.growth.sealed")
-        if growth is not None:
-            spread = float(growth.extra.get("rss_spread_mib", 0.0))
-            targets.append(
-                Target(
-                    f"flat memory over {growth.nbytes / 2**30:.2f} GiB",
-                    f"max - min RSS <= {FLAT_RSS_MIB:.0f} MiB",
-                    f"{spread:.2f} MiB",
-                    spread <= FLAT_RSS_MIB,
-                )
-            )
-        else:
-            targets.append(Target("flat memory", f"max - min RSS <= {FLAT_RSS_MIB:.0f} MiB", "not measured", None))
-        return targets
 
     # -- renderings ------------------------------------------------------------------------------------------
 

@@ -1,12 +1,13 @@
 """The child-process end of the two-process scenarios: one loopback connection served by our asyncio Protocol.
 
-Run as ``python -m negotiate_stream._bench --peer SPEC_JSON``. The child listens on 127.0.0.1, prints
-``port <n>`` on stdout, serves exactly one connection in the mode the spec names, and prints one JSON line of what
-it measured (bytes received, verified, its own CPU seconds) when the parent closes the connection.
+Run as ``python -m benchmarks --peer SPEC_JSON``. The child listens on 127.0.0.1, prints ``port <n>`` on stdout,
+serves exactly one connection in the mode the spec names, and prints one JSON line of what it measured (bytes
+received, verified, its own CPU seconds) when the parent closes the connection.
 
 Modes: ``sink`` verifies ``total`` bytes of the seeded pattern then writes one acknowledgement byte (the parent
-stops its clock on it); ``source`` writes ``total`` bytes of the pattern, honouring flow control; ``echo`` writes
-back everything it receives. ``level`` ``plain`` serves plain TCP (the baseline), otherwise NTLM at that level.
+stops its clock on it); ``source`` writes ``total`` bytes of the pattern after the parent's GO byte, honouring flow
+control; ``echo`` writes back everything it receives. ``level`` ``plain`` serves plain TCP (the baseline),
+otherwise NTLM at that level.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._asyncio_plain import _Source
-from ._core import WRITE_SIZE, StreamVerifier, pattern_block
+from .config import LOCALHOST
+from .protocols import Source
+from .verify import StreamVerifier, pattern_block
 
-__all__ = ["PeerSpec", "serve_peer"]
+__all__ = ["ACK", "GO", "PeerSpec", "main", "serve_peer"]
 
-LOCALHOST = "127.0.0.1"
 #: The acknowledgement byte a sink writes once it has verified the whole stream.
 ACK = b"\x06"
+#: The byte that asks a ``source`` child to start sending (so the clock starts with the stream, not the handshake).
+GO = b"g"
 #: A child gives up (and exits non-zero) after this long without finishing.
 PEER_TIMEOUT = 600.0
 
@@ -49,7 +52,7 @@ class PeerSpec:
         return cls(**json.loads(text))
 
 
-class _PeerApp(_Source):
+class _PeerApp(Source):
     """The application protocol of the child (behind a NegotiateProtocol, or directly on TCP for ``plain``)."""
 
     def __init__(self, spec: PeerSpec, finished: asyncio.Future[None]) -> None:
@@ -61,20 +64,13 @@ class _PeerApp(_Source):
         self.writer_task: asyncio.Task[None] | None = None
         self.started = False
 
-    async def _write_all(self) -> None:
-        assert self.transport is not None
-        write = self.transport.write
-        for _ in range(self.spec.total // WRITE_SIZE):
-            write(self.block)
-            if self.resumed is not None:
-                await self.resumed
-
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         if self.spec.mode == "source":
             if not self.started:  # the parent's GO byte: start the clocked stream now
                 self.started = True
-                self.writer_task = asyncio.get_running_loop().create_task(self._write_all())
+                coroutine = self.write_pattern(self.transport.write, self.block, self.spec.total)
+                self.writer_task = asyncio.get_running_loop().create_task(coroutine)
         elif self.spec.mode == "echo":
             self.transport.write(data)
         elif self.verifier is not None:
@@ -92,11 +88,10 @@ class _PeerApp(_Source):
 def _server_protocol(spec: PeerSpec, app: _PeerApp) -> asyncio.BaseProtocol:
     if spec.level == "plain":
         return app
-    from .._asyncio_transport import NegotiateProtocol
-    from .._connection import Connection
-    from .._context import SecurityContext
-    from .._options import Credentials
-    from ._ours import LEVELS
+    from negotiate_stream import Connection, Credentials, SecurityContext
+    from negotiate_stream.asyncio_ import NegotiateProtocol
+
+    from .registry import LEVELS
 
     credentials = Credentials(ntlm_user_file=spec.ntlm_user_file)
     context = SecurityContext.server(credentials=credentials, protocol="ntlm", protection_level=LEVELS[spec.level])

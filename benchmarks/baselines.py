@@ -1,4 +1,9 @@
-"""Baseline scenarios: plain asyncio / anyio / socket loopback copies and stdlib TLS, no Negotiate at all."""
+"""Baselines: plain loopback copies with no Negotiate at all, for every API family, and stdlib TLS.
+
+asyncio Protocols and streams, TLS streams and Protocols (a self-signed certificate made at run time), anyio on
+asyncio and trio, blocking sockets with a thread, and the TCP connect + close of a new connection. Our adapters'
+``plain`` ratio divides by the baseline of the same API.
+"""
 
 from __future__ import annotations
 
@@ -9,51 +14,22 @@ from collections.abc import Callable
 
 import anyio
 
-from ._anyio_sync_plain import AnyioPipe, anyio_tcp_pair, socket_pair, spawn_thread
-from ._asyncio_plain import LOCALHOST, protocol_bulk, protocol_pingpong, streams_pair
-from ._core import Result
-from ._registry import Context, Scenario
-from ._workloads import BulkOutcome, PingPongOutcome, async_bulk, async_pingpong, sync_bulk, sync_pingpong
+from .config import LOCALHOST
+from .loopback import AnyioPipe, anyio_tcp_pair, socket_pair, spawn_thread, streams_pair
+from .protocols import plain_protocol_pair, protocol_bulk, protocol_pingpong
+from .registry import Context, Scenario
+from .results import Result, bulk_result, pingpong_result
+from .workloads import async_bulk, async_pingpong, sync_bulk, sync_pingpong
 
 __all__ = ["baseline_scenarios"]
 
 
-def bulk_result(
-    name: str, group: str, level: str, outcome: BulkOutcome, *, kind: str = "bulk", **extra: object
-) -> Result:
-    """A bulk :class:`Result` (MB/s) from a measured outcome."""
-    return Result(
-        name=name,
-        group=group,
-        kind=kind,
-        level=level,
-        value=outcome.mbps,
-        nbytes=outcome.nbytes,
-        seconds=outcome.seconds,
-        verified=outcome.verified,
-        extra=dict(extra),
-    )
-
-
-def pingpong_result(
-    name: str, group: str, level: str, outcome: PingPongOutcome, *, kind: str = "pingpong", **extra: object
-) -> Result:
-    """A ping-pong :class:`Result` (round trips/s) from a measured outcome."""
-    return Result(
-        name=name,
-        group=group,
-        kind=kind,
-        unit="round trips/s",
-        level=level,
-        value=outcome.rate,
-        seconds=outcome.seconds,
-        verified=outcome.verified,
-        extra={"us_per_round_trip": round(outcome.seconds / outcome.rounds * 1e6, 2), **extra},
-    )
+def _kind(pingpong: bool) -> str:
+    return "pingpong" if pingpong else "bulk"
 
 
 def _streams(ctx: Context, tls: bool, pingpong: bool) -> Result:
-    name = f"baseline.{'tls' if tls else 'asyncio'}-streams.{'pingpong' if pingpong else 'bulk'}"
+    name = f"baseline.{'tls' if tls else 'asyncio'}-streams.{_kind(pingpong)}"
 
     async def main() -> Result:
         client_kwargs, server_kwargs = {}, {}
@@ -75,19 +51,21 @@ def _streams(ctx: Context, tls: bool, pingpong: bool) -> Result:
 
 
 def _protocol(ctx: Context, tls: bool, pingpong: bool) -> Result:
-    name = f"baseline.{'tls' if tls else 'asyncio'}-protocol.{'pingpong' if pingpong else 'bulk'}"
+    name = f"baseline.{'tls' if tls else 'asyncio'}-protocol.{_kind(pingpong)}"
 
     async def main() -> Result:
         if pingpong:
-            return pingpong_result(name, "baseline", "-", await protocol_pingpong(ctx.config.pingpong_rounds))
-        ssl_pair = ctx.tls_contexts() if tls else None
-        return bulk_result(name, "baseline", "-", await protocol_bulk(ctx.config.bulk_bytes, ssl_pair=ssl_pair))
+            return pingpong_result(
+                name, "baseline", "-", await protocol_pingpong(plain_protocol_pair, ctx.config.pingpong_rounds)
+            )
+        connect = functools.partial(plain_protocol_pair, ssl_pair=ctx.tls_contexts() if tls else None)
+        return bulk_result(name, "baseline", "-", await protocol_bulk(connect, ctx.config.bulk_bytes))
 
     return asyncio.run(main())
 
 
 def _anyio(ctx: Context, backend: str, pingpong: bool) -> Result:
-    name = f"baseline.anyio-{backend}.{'pingpong' if pingpong else 'bulk'}"
+    name = f"baseline.anyio-{backend}.{_kind(pingpong)}"
 
     async def main() -> Result:
         client, server, cleanup = await anyio_tcp_pair()
@@ -104,7 +82,7 @@ def _anyio(ctx: Context, backend: str, pingpong: bool) -> Result:
 
 
 def _sync(ctx: Context, pingpong: bool) -> Result:
-    name = f"baseline.sync.{'pingpong' if pingpong else 'bulk'}"
+    name = f"baseline.sync.{_kind(pingpong)}"
     client, server = socket_pair()
     with client, server:
         if pingpong:
@@ -158,7 +136,7 @@ def baseline_scenarios() -> list[Scenario]:
 
     scenarios = []
     for pingpong in (False, True):
-        kind = "pingpong" if pingpong else "bulk"
+        kind = _kind(pingpong)
         scenarios += [
             make(f"baseline.asyncio-protocol.{kind}", functools.partial(_protocol, tls=False, pingpong=pingpong), kind),
             make(f"baseline.asyncio-streams.{kind}", functools.partial(_streams, tls=False, pingpong=pingpong), kind),

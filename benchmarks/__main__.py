@@ -1,4 +1,4 @@
-"""``negotiate-stream bench``: measure every wrapper, its plain baselines and the crypto floor in one run.
+"""``scripts/run bench`` (``python -m benchmarks``): measure every wrapper, its plain baselines and the crypto floor.
 
 Most scenarios run both ends of every connection in this process over loopback, so each pays the crypto of both
 ends: the crypto floor (``floor.context.*``) is bytes / (protect time + unprotect time) of the records a 64 KiB
@@ -16,21 +16,36 @@ A line per scenario (and a heartbeat during long ones) goes to stderr; the table
 from __future__ import annotations
 
 import argparse
+import cProfile
+import json
+import pstats
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-__all__ = ["add_parser", "main", "run"]
+from .config import BenchConfig
+from .registry import select
+from .runner import all_scenarios, run_bench, run_child
 
-_EXAMPLES = """examples:
-  negotiate-stream bench                       # everything, full size (several minutes)
-  negotiate-stream bench --quick               # everything, smaller sizes (< 60 s)
-  negotiate-stream bench --quick --only floor,asyncio-protocol --json out.json --plot out.png
-  negotiate-stream bench --list                # scenario names for --only
+__all__ = ["main", "run"]
+
+PROG = "scripts/run bench"
+#: Functions listed by ``--profile``.
+PROFILE_TOP = 25
+
+_EXAMPLES = f"""examples:
+  {PROG}                       # everything, full size (several minutes)
+  {PROG} --quick               # everything, smaller sizes (< 60 s)
+  {PROG} --quick --only floor,asyncio-protocol --json out.json --plot out.png
+  {PROG} --list                # scenario names for --only
+  {PROG} --only ours.asyncio-streams.bulk.sign --scale 0.25 --profile   # cProfile one scenario
 """
 
 
-def _configure(parser: argparse.ArgumentParser) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the benchmark (``--peer`` and ``--child`` are internal: the harness's child processes)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLES
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer connections (< 60 s)")
     parser.add_argument(
         "--scale",
@@ -56,38 +71,44 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the memory scenarios in this process too (faster, but RSS figures are blurred)",
     )
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register the ``bench`` sub-command."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="measure throughput, latency, handshakes and memory of every wrapper against the crypto floor",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_EXAMPLES,
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="tottime",
+        choices=["tottime", "cumulative"],
+        help=f"run under cProfile (implies --no-isolate) and print the top {PROFILE_TOP} functions by own time "
+        "(or cumulative time)",
     )
-    _configure(parser)
-    parser.set_defaults(func=run)
+    parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", metavar="SPEC", help=argparse.SUPPRESS)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark; returns 0 when every selected scenario ran (or was skipped) and its data verified, else 1."""
-    from .._bench import BenchConfig, all_scenarios, run_bench
-    from .._bench._registry import select
-
+    """Run the benchmark; returns 0 when every selected scenario ran (or was skipped) and its data verified, 1 when
+    one failed, 2 for a bad selection or size."""
     only = [part for part in (args.only or "").split(",") if part.strip()]
     if args.list:
         for scenario in select(all_scenarios(), only):
             print(f"{scenario.name:45} {scenario.kind:10} {scenario.level}")
         return 0
+    profiler = cProfile.Profile() if args.profile else None
     try:
         config = BenchConfig.create(quick=args.quick, scale=args.scale)
-        report = run_bench(config, only=only, progress=not args.no_progress, isolate=not args.no_isolate)
+        if profiler is not None:
+            profiler.enable()
+        isolate = not args.no_isolate and profiler is None  # a child's work would be invisible to the profiler
+        report = run_bench(config, only=only, progress=not args.no_progress, isolate=isolate)
     except ValueError as exc:
-        print(f"negotiate-stream bench: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if profiler is not None:
+            profiler.disable()
     print(report.table(markdown=args.markdown))
+    if profiler is not None:
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats(args.profile).print_stats(PROFILE_TOP)
     if args.json:
         report.write_json(args.json)
         print(f"results written to {args.json}", file=sys.stderr)
@@ -98,14 +119,23 @@ def run(args: argparse.Namespace) -> int:
             print("no plot: matplotlib is not installed (pip install 'negotiate-stream[bench]')", file=sys.stderr)
     failed = [r for r in report.results if r.status.startswith("error") or r.verified is False]
     for result in failed:
-        print(f"negotiate-stream bench: {result.name}: {result.status}, verified={result.verified}", file=sys.stderr)
+        print(f"{PROG}: {result.name}: {result.status}, verified={result.verified}", file=sys.stderr)
     return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``bench`` as a stand-alone command (``python -m negotiate_stream._bench``)."""
-    parser = argparse.ArgumentParser(
-        prog="negotiate-stream bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    _configure(parser)
-    return run(parser.parse_args(argv))
+    """The entry point: the benchmark, or one of the harness's child processes."""
+    args = build_parser().parse_args(argv)
+    if args.peer is not None:
+        from .two_process_peer import main as peer_main
+
+        return peer_main(args.peer)
+    if args.child is not None:
+        config = BenchConfig.from_json(json.loads(args.config))
+        print(json.dumps(run_child(args.child, config).to_json()))
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

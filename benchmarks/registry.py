@@ -1,0 +1,115 @@
+"""Scenario descriptions, selection with ``--only``, the shared per-run context and the NTLM options of each side."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from negotiate_stream import ProtectionLevel
+from negotiate_stream.testing import NTLMUsers
+
+from .config import BenchConfig
+from .results import Result
+
+__all__ = [
+    "APIS",
+    "LEVELS",
+    "Context",
+    "Scenario",
+    "Unavailable",
+    "matches",
+    "options",
+    "require",
+    "select",
+    "unit_of",
+]
+
+#: The protection levels of the scenario names.
+LEVELS = {"sealed": ProtectionLevel.ENCRYPT_AND_SIGN, "sign": ProtectionLevel.SIGN, "none": ProtectionLevel.NONE}
+#: Our adapters, as they appear in the scenario names (``ours.<api>.<kind>.<level>``).
+APIS = ("asyncio-protocol", "asyncio-streams", "anyio-asyncio", "anyio-trio", "sync")
+
+
+@dataclass
+class Context:
+    """What every scenario of one run shares: the sizes, the NTLM accounts, lazily made TLS contexts."""
+
+    config: BenchConfig
+    users: NTLMUsers
+    _tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = field(default=None, repr=False)
+
+    def tls_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        """(server, client) SSLContexts for a self-signed ``localhost`` certificate, made once per run."""
+        if self._tls is None:
+            from .loopback import make_tls_contexts
+
+            self._tls = make_tls_contexts()
+        return self._tls
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measurement; ``isolated`` ones run in a fresh child process (their RSS figures need a clean heap)."""
+
+    name: str
+    group: str
+    kind: str
+    level: str
+    run: Callable[[Context], Result]
+    isolated: bool = False
+
+
+class Unavailable(Exception):
+    """A scenario cannot run here (a module or an optional package is missing): it is reported as skipped."""
+
+
+def require(module: str) -> Any:
+    """Import ``module`` or raise :class:`Unavailable`."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise Unavailable(f"{module} is not importable ({exc})") from exc
+
+
+def unit_of(kind: str) -> str:
+    """The unit of a scenario's headline number (shown for skipped and failed scenarios too)."""
+    if kind.endswith("pingpong"):
+        return "round trips/s"
+    return "handshakes/s" if kind == "handshake" else "MB/s"
+
+
+def options(ctx: Context, level: str, server_side: bool) -> dict[str, Any]:
+    """The adapter keyword options (ContextOptions) of one side: NTLM, ``level``, the run's test account."""
+    users = ctx.users
+    return {
+        "credentials": users.server_credentials() if server_side else users.client_credentials(),
+        "protocol": "ntlm",
+        "protection_level": LEVELS[level],
+    }
+
+
+def matches(name: str, selector: str) -> bool:
+    """True when ``selector`` picks scenario ``name``.
+
+    A selector is a full name, a dotted prefix (``ours.sync``), one dotted component (``pingpong``, ``sealed``,
+    ``anyio-trio``), the first word of a component (``tls`` for ``tls-streams``, ``anyio`` for ``anyio-trio``) or
+    a glob (``*tls*``).
+    """
+    selector = selector.strip()
+    if not selector:
+        return False
+    if any(ch in selector for ch in "*?["):
+        return fnmatch.fnmatchcase(name, selector)
+    if name == selector or name.startswith(selector + "."):
+        return True
+    return any(part == selector or part.startswith(selector + "-") for part in name.split("."))
+
+
+def select(scenarios: Iterable[Scenario], only: Iterable[str] | None) -> list[Scenario]:
+    """The scenarios picked by any of the ``only`` selectors (all when ``only`` is empty or None)."""
+    selectors = [s for s in (only or []) if s.strip()]
+    return [s for s in scenarios if not selectors or any(matches(s.name, sel) for sel in selectors)]
