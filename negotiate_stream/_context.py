@@ -95,6 +95,7 @@ class SecurityContext:
         self._protection_level: ProtectionLevel | None = None
         self._protect: RecordFunction = self._not_ready
         self._unprotect: RecordFunction = self._not_ready
+        self._rejected: NegotiateError | None = None
         self._ctx = new_context(
             server_side=server_side,
             credentials=self._credentials,
@@ -216,12 +217,15 @@ class SecurityContext:
         try:
             return self._unprotect(payload)
         except NegotiateError as exc:
-            self._unprotect = _failed(exc)  # sticky: pyspnego itself would accept the next valid record
+            if self._rejected is None:  # the refusals that follow keep naming the first failure, not each other
+                self._rejected = exc
+                self._unprotect = _failed(exc)  # sticky: pyspnego itself would accept the next valid record
             raise
         except Exception as exc:
             error = data_error(
                 exc, "a record failed its integrity check (tampered, replayed, reordered or dropped record)"
             )
+            self._rejected = error
             self._unprotect = _failed(error)
             raise error from exc
 

@@ -134,6 +134,25 @@ def test_tampered_record_raises_integrity_error(ntlm_users: NTLMUsers, level: st
 
 
 @pytest.mark.parametrize("level", ["sign", "encrypt_and_sign"])
+def test_refusals_after_a_rejected_record_name_the_first_failure(ntlm_users: NTLMUsers, level: str) -> None:
+    """After one bad record every later one (even valid) is refused with the same message, which never nests."""
+    client, server = established(ntlm_users, protection_level=level)
+    record = bytearray(client.protect(PLAINTEXT))
+    record[-1] ^= 0x01
+    with pytest.raises(IntegrityError) as first:
+        server.unprotect(bytes(record))
+    messages = []
+    for _ in range(3):
+        with pytest.raises(IntegrityError, match="already rejected a record") as later:
+            server.unprotect(client.protect(PLAINTEXT))
+        assert later.value.status == SEC_E_MESSAGE_ALTERED
+        messages.append(str(later.value))
+    assert messages[0] == messages[1] == messages[2]
+    assert str(first.value) in messages[0]
+    assert messages[0].count("already rejected") == 1
+
+
+@pytest.mark.parametrize("level", ["sign", "encrypt_and_sign"])
 @pytest.mark.parametrize(
     "record", [b"", b"\x01", b"\x01" * 15, b"\x01\x00\x00\x00short"], ids=["0", "1", "15", "9-version-1"]
 )
