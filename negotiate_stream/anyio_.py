@@ -24,13 +24,14 @@ state is in step *across the two peers* too: records crossing on the wire fail t
 Errors are sticky: after any failure every later call raises :class:`BrokenStreamError` chained to the first
 error. A cancelled :meth:`~NegotiateStream.receive` loses nothing (received bytes stay buffered in the
 Connection); a cancelled :meth:`~NegotiateStream.send` may have written part of a record, so it breaks the stream.
+Buffering, chunked sends and those checks live in the shared :mod:`._stream_engine`; this module adds the awaiting,
+the locks and anyio's cancellation rules.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +39,11 @@ import anyio
 from anyio import TypedAttributeSet, typed_attribute
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 
-from ._connection import NEED_DATA, Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
+from ._connection import Connection, SessionInfo
 from ._context import ProtectionLevel, SecurityContext
-from .errors import BrokenStreamError, HandshakeTimeoutError, LocalProtocolError, StreamClosedError
+from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
+from ._stream_engine import StreamEngine, error_frame, handshake_step
+from .errors import HandshakeTimeoutError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Unpack
@@ -59,12 +62,6 @@ __all__ = [
 
 logger = logging.getLogger("negotiate_stream")
 
-#: Seconds a handshake may take before :class:`HandshakeTimeoutError` (``None`` waits forever).
-DEFAULT_HANDSHAKE_TIMEOUT = 30.0
-_RECEIVE_SIZE = 256 * 1024
-# Records protected per transport write: large enough to amortise the write, small enough that a huge send()
-# does not hold a second full copy of its data in memory.
-_RECORDS_PER_WRITE = 16
 # How long a failing handshake may spend telling the peer why (the Error frame) before the transport is closed.
 _ERROR_FRAME_TIMEOUT = 5.0
 
@@ -100,18 +97,9 @@ class NegotiateStream(ByteStream):
         self._info = info
         self._receive_lock = anyio.Lock()
         self._send_lock = anyio.Lock()
-        # Held only around synchronous Connection calls (never across an await): each call already runs to
-        # completion on the event loop thread, and the lock keeps that true should a caller ever move them to
-        # a worker thread.
-        self._crypto_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if info.shares_crypto_state else contextlib.nullcontext()
+        self._engine = StreamEngine(
+            connection, closed_error=anyio.ClosedResourceError, half_close="send_eof()", info=info
         )
-        self._plaintext = b""
-        self._offset = 0
-        self._eof_received = False
-        self._eof_sent = False
-        self._closed = False
-        self._write_size = max(1, info.sizes.max_message) * _RECORDS_PER_WRITE
 
     @classmethod
     async def wrap(
@@ -187,45 +175,23 @@ class NegotiateStream(ByteStream):
         """
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
+        engine = self._engine
         async with self._receive_lock:
-            self._check_usable()
-            while self._offset >= len(self._plaintext):
-                if self._eof_received:
-                    raise anyio.EndOfStream
-                await self._fill()
-            start = self._offset
-            end = min(start + max_bytes, len(self._plaintext))
-            self._offset = end
-            if start == 0 and end == len(self._plaintext):
-                return self._plaintext  # the common case: a whole record, no copy
-            return self._plaintext[start:end]
-
-    async def _fill(self) -> None:
-        """Produce the next plaintext record (or the EOF flag), reading from the transport as needed."""
-        conn = self._conn
-        while True:
-            with self._crypto_lock:
-                event = conn.next_event()
-            if isinstance(event, Data):
-                self._plaintext, self._offset = event.data, 0
-                return
-            if isinstance(event, EndOfStream):
-                self._eof_received = True
-                return
-            if isinstance(event, HandshakeComplete):  # pragma: no cover - wrap() consumed it
-                continue
-            try:
-                chunk = await self.transport_stream.receive(_RECEIVE_SIZE)
-            except anyio.EndOfStream:
-                chunk = b""
-            except anyio.get_cancelled_exc_class():
-                raise  # nothing was consumed: the stream stays usable
-            except BaseException as exc:
-                if not self._closed:
-                    # A reset or failed read: the next read might pass for a clean EOF; never allow that.
-                    conn.mark_broken(exc)
-                raise
-            conn.receive_data(chunk)
+            engine.check_usable()
+            while (data := engine.read(max_bytes)) is None:
+                try:
+                    chunk = await self.transport_stream.receive(RECEIVE_SIZE)
+                except anyio.EndOfStream:
+                    chunk = b""
+                except anyio.get_cancelled_exc_class():
+                    raise  # nothing was consumed: the stream stays usable
+                except BaseException as exc:
+                    engine.read_failed(exc)
+                    raise
+                engine.receive_data(chunk)
+            if not data:
+                raise anyio.EndOfStream
+            return data
 
     # -- send side --------------------------------------------------------------------------------------------
 
@@ -238,22 +204,12 @@ class NegotiateStream(ByteStream):
         and the stream is broken (later calls raise :class:`BrokenStreamError`). Raises
         :class:`StreamClosedError` after :meth:`send_eof`.
         """
-        view = memoryview(item).cast("B")
         async with self._send_lock:
-            self._check_usable()
-            if self._eof_sent:
-                # Checked before a sequence number is spent on a record that could never be written.
-                raise StreamClosedError("cannot send after send_eof(): the sending side is closed")
-            step = self._write_size
-            for start in range(0, len(view), step):
-                with self._crypto_lock:
-                    wire = self._conn.send(view[start : start + step])
+            for wire in self._engine.writes(item):
                 try:
                     await self.transport_stream.send(wire)
                 except BaseException as exc:
-                    # The records' sequence numbers are spent whether or not their bytes left: nothing can
-                    # follow them, so a failed or cancelled write ends the stream.
-                    self._conn.mark_broken(exc)
+                    self._engine.write_failed(exc)  # cancelled too: part of a record may be out
                     raise
 
     async def send_eof(self) -> None:
@@ -264,29 +220,16 @@ class NegotiateStream(ByteStream):
         Raises :class:`NotImplementedError` when the wrapped stream cannot half-close (e.g. a TLS stream).
         """
         async with self._send_lock:
-            self._check_usable()
-            if self._eof_sent:
+            self._engine.check_usable()
+            if self._engine.eof_sent:
                 return
             await self.transport_stream.send_eof()
-            self._eof_sent = True
+            self._engine.mark_eof_sent()
 
     async def aclose(self) -> None:
         """Close this stream and the wrapped stream (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._conn.close()
-        await self.transport_stream.aclose()
-
-    def _check_usable(self) -> None:
-        """Refuse use after :meth:`aclose` and, errors being sticky, any use after a failure."""
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if self._conn.state is State.BROKEN:
-            cause = self._conn.broken_cause
-            raise BrokenStreamError(
-                f"the stream is broken by an earlier error ({cause!r}); close it and open a new connection"
-            ) from cause
+        if self._engine.close():
+            await self.transport_stream.aclose()
 
     def __repr__(self) -> str:
         return f"<NegotiateStream {self._conn!r} over {self.transport_stream!r}>"
@@ -295,32 +238,27 @@ class NegotiateStream(ByteStream):
 async def _run_handshake(stream: ByteStream, conn: Connection) -> SessionInfo:
     """Drive the handshake of ``conn`` over ``stream`` until it completes (errors propagate)."""
     while True:
-        out = conn.data_to_send()
-        if out:
-            await stream.send(out)
-        event = conn.next_event()
-        if isinstance(event, HandshakeComplete):
-            out = conn.data_to_send()  # the server's final HandshakeDone
-            if out:
-                await stream.send(out)
-            return event.info
-        if event is not NEED_DATA:  # pragma: no cover - Connection reports HandshakeComplete first
-            raise LocalProtocolError(f"unexpected event {event!r} during the handshake")
-        out = conn.data_to_send()
-        if out:
-            await stream.send(out)
+        await _send_pending(stream, conn)
+        info = handshake_step(conn)
+        await _send_pending(stream, conn)  # replies, and the server's final HandshakeDone
+        if info is not None:
+            return info
         try:
-            chunk = await stream.receive(_RECEIVE_SIZE)
+            chunk = await stream.receive(RECEIVE_SIZE)
         except anyio.EndOfStream:
             chunk = b""
         conn.receive_data(chunk)
 
 
+async def _send_pending(stream: ByteStream, conn: Connection) -> None:
+    out = conn.data_to_send()
+    if out:
+        await stream.send(out)
+
+
 async def _abort_handshake(stream: ByteStream, conn: Connection) -> None:
     """Tell the peer why (the queued MS-NNS Error frame, if any), then close ``stream``; never raises."""
-    # Only a failure of the Connection itself queues an Error frame; after a cancellation or a timeout the
-    # queue may hold an ordinary handshake message, which would only mislead the peer.
-    out = conn.data_to_send() if conn.state is State.BROKEN else b""
+    out = error_frame(conn)
     with anyio.CancelScope(shield=True):
         if out:
             with anyio.move_on_after(_ERROR_FRAME_TIMEOUT), contextlib.suppress(Exception):

@@ -19,6 +19,8 @@ Timeouts come from the socket (``settimeout``) and raise :class:`TimeoutError` (
 while reading loses nothing: the bytes of a partly received record stay in the Connection's buffer, so the next
 ``recv`` continues correctly. A timeout while writing may have sent part of a record, so it breaks the stream.
 Errors are sticky: after any failure every later call raises :class:`BrokenStreamError` chained to it.
+Buffering, chunked sends and those checks live in the shared :mod:`._stream_engine`; this module adds the blocking
+calls, the locks and the socket's timeout rules.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._connection import Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
+from ._connection import Connection, SessionInfo
 from ._context import ProtectionLevel, SecurityContext
-from .errors import BrokenStreamError, HandshakeTimeoutError, NegotiateError, StreamClosedError
+from ._options import RECEIVE_SIZE
+from ._stream_engine import StreamEngine, error_frame, handshake_step
+from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Unpack
@@ -40,9 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NegotiateSocket", "SocketLike", "create_connection"]
 
-_RECV_SIZE = 256 * 1024
-# Records protected per socket write: amortises the syscall without a second full copy of a huge sendall().
-_RECORDS_PER_WRITE = 16
 # Errors after which a read can simply be retried: the socket consumed nothing.
 _RETRYABLE_READ_ERRORS = (TimeoutError, BlockingIOError, InterruptedError)
 
@@ -72,15 +73,7 @@ class NegotiateSocket:
         self._conn = connection
         self._recv_lock = threading.Lock()
         self._send_lock = threading.Lock()
-        self._plaintext = b""
-        self._offset = 0
-        self._eof_received = False
-        self._eof_sent = False
-        self._closed = False
-        self._info: SessionInfo | None = None
-        self._write_size = 0xFC00 * _RECORDS_PER_WRITE
-        # Replaced by a real lock after the handshake when both directions share one cipher state.
-        self._crypto_lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        self._engine = StreamEngine(connection, closed_error=StreamClosedError, half_close="shutdown(SHUT_WR)")
 
     # -- construction and handshake --------------------------------------------------------------------------
 
@@ -126,61 +119,40 @@ class NegotiateSocket:
         return self
 
     def _handshake(self) -> None:
+        conn = self._conn
         try:
-            self._flush_handshake()
-            while self._info is None:
-                self._pump()
+            while True:
                 self._flush_handshake()
+                info = handshake_step(conn)
+                self._flush_handshake()  # replies, and the server's final HandshakeDone
+                if info is not None:
+                    break
+                self._read_chunk()
         except NegotiateError:
             # A handshake failure of ours (bad credentials, garbage, truncation) queues an MS-NNS Error frame
             # that tells the peer why; failing to deliver it must not hide the real error.
             with contextlib.suppress(OSError):
-                self._flush_handshake()
+                out = error_frame(conn)
+                if out:
+                    self._sock.sendall(out)
             raise
-        info = self._info
-        self._write_size = max(1, info.sizes.max_message) * _RECORDS_PER_WRITE
-        if info.shares_crypto_state:
-            self._crypto_lock = threading.Lock()
+        self._engine.establish(info)
 
     def _flush_handshake(self) -> None:
         out = self._conn.data_to_send()
         if out:
             self._sock.sendall(out)
 
-    def _pump(self) -> None:
-        """Turn received bytes into one event, reading from the socket as needed."""
-        conn = self._conn
-        while True:
-            with self._crypto_lock:
-                event = conn.next_event()
-            if isinstance(event, Data):
-                self._plaintext, self._offset = event.data, 0
-                return
-            if isinstance(event, HandshakeComplete):
-                self._info = event.info
-                return
-            if isinstance(event, EndOfStream):
-                self._eof_received = True
-                return
-            self._flush_handshake()
-            try:
-                chunk = self._sock.recv(_RECV_SIZE)
-            except _RETRYABLE_READ_ERRORS:
-                raise  # nothing was consumed: a later call continues where this one stopped
-            except BaseException as exc:
-                # A reset or failed read: a later recv() might return b"" and pass for a clean EOF; never allow it.
-                conn.mark_broken(exc)
-                raise
-            conn.receive_data(chunk)
-
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise StreamClosedError("the NegotiateSocket was closed by this side")
-        if self._conn.state is State.BROKEN:
-            cause = self._conn.broken_cause
-            raise BrokenStreamError(
-                f"the stream is broken by an earlier error ({cause!r}); close it and open a new connection"
-            ) from cause
+    def _read_chunk(self) -> None:
+        """Read once from the socket into the Connection (``b""``: the peer closed)."""
+        try:
+            chunk = self._sock.recv(RECEIVE_SIZE)
+        except _RETRYABLE_READ_ERRORS:
+            raise  # nothing was consumed: a later call continues where this one stopped
+        except BaseException as exc:
+            self._engine.read_failed(exc)
+            raise
+        self._engine.receive_data(chunk)
 
     # -- receive side ---------------------------------------------------------------------------------------------
 
@@ -193,20 +165,16 @@ class NegotiateSocket:
         """
         if bufsize < 0:
             raise ValueError("bufsize must not be negative")
+        engine = self._engine
         with self._recv_lock:
-            self._check_usable()
+            engine.check_usable()
             if bufsize == 0:
                 return b""
-            while self._offset >= len(self._plaintext):
-                if self._eof_received:
-                    return b""
-                self._pump()
-            start = self._offset
-            end = min(start + bufsize, len(self._plaintext))
-            self._offset = end
-            if start == 0 and end == len(self._plaintext):
-                return self._plaintext
-            return self._plaintext[start:end]
+            while (data := engine.read(bufsize)) is None:
+                # Handshake bytes, should this socket wrap a Connection whose handshake had not finished.
+                self._flush_handshake()
+                self._read_chunk()
+            return data
 
     def recv_into(self, buffer: Buffer, nbytes: int = 0) -> int:
         """Receive into a writable ``buffer`` (at most ``nbytes``, default its size); return the count, 0 at EOF."""
@@ -226,20 +194,12 @@ class NegotiateSocket:
         the error propagates and the stream is broken (later calls raise :class:`BrokenStreamError`). Raises
         :class:`StreamClosedError` after ``shutdown(SHUT_WR)``.
         """
-        view = memoryview(data).cast("B")
         with self._send_lock:
-            self._check_usable()
-            if self._eof_sent:
-                raise StreamClosedError("cannot send after shutdown(SHUT_WR)")
-            step = self._write_size
-            for start in range(0, len(view), step):
-                with self._crypto_lock:
-                    wire = self._conn.send(view[start : start + step])
+            for wire in self._engine.writes(data):
                 try:
                     self._sock.sendall(wire)
                 except BaseException as exc:
-                    # The records' sequence numbers are spent whether or not their bytes left: nothing can follow.
-                    self._conn.mark_broken(exc)
+                    self._engine.write_failed(exc)  # a timeout too: part of a record may be out
                     raise
 
     def send(self, data: Buffer) -> int:
@@ -257,15 +217,14 @@ class NegotiateSocket:
         if shutdown is None:
             raise NotImplementedError(f"{type(self._sock).__name__} has no shutdown(): it cannot half-close")
         with self._send_lock:
-            self._check_usable()
+            self._engine.check_usable()
             shutdown(how)
             if how in (socket.SHUT_WR, socket.SHUT_RDWR):
-                self._eof_sent = True
+                self._engine.mark_eof_sent()
 
     def close(self) -> None:
         """Close the stream and the wrapped socket (idempotent)."""
-        self._closed = True
-        self._conn.close()
+        self._engine.close()
         _close_quietly(self._sock)
 
     def makefile(self, mode: str = "rb", buffering: int = -1) -> io.BufferedIOBase | io.RawIOBase:
@@ -292,9 +251,10 @@ class NegotiateSocket:
     @property
     def session_info(self) -> SessionInfo:
         """What the handshake negotiated (protocol, protection level, peer identity, ...)."""
-        if self._info is None:  # pragma: no cover - construction handshakes first
+        info = self._engine.info
+        if info is None:  # pragma: no cover - construction handshakes first
             raise StreamClosedError("no session: the handshake has not completed")
-        return self._info
+        return info
 
     @property
     def protocol(self) -> str | None:
