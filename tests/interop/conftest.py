@@ -213,13 +213,18 @@ class Realm:
         return self.env["KRB5CCNAME"]
 
 
+def skip_without_gssapi() -> None:
+    """Skip the calling test when python-gssapi (the ``kerberos`` extra) is not installed."""
+    if importlib.util.find_spec("gssapi") is None:
+        pytest.skip(f"interop peer missing: python-gssapi (the kerberos extra); {INSTALL_HINT}")
+
+
 @pytest.fixture(scope="module")
 def krb5_realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
     """A throwaway MIT realm for the module; skips when krb5kdc or python-gssapi is missing."""
     if shutil.which("krb5kdc") is None and not Path("/usr/sbin/krb5kdc").exists():
         pytest.skip(f"interop peer missing: MIT Kerberos KDC (Debian krb5-kdc); {INSTALL_HINT}")
-    if importlib.util.find_spec("gssapi") is None:
-        pytest.skip(f"interop peer missing: python-gssapi (the kerberos extra); {INSTALL_HINT}")
+    skip_without_gssapi()
     directory = tmp_path_factory.mktemp("krb5") / "realm"
     started = subprocess.run(
         [str(INTEROP / "krb5-realm"), "start", str(directory)], capture_output=True, text=True, check=False
@@ -283,8 +288,7 @@ def samba_dc() -> Iterator[SambaDC]:
 @pytest.fixture(scope="module")
 def gss_ntlmssp() -> str:
     """The NTLM mechanism OID when python-gssapi sees gss-ntlmssp; skips otherwise."""
-    if importlib.util.find_spec("gssapi") is None:
-        pytest.skip(f"interop peer missing: python-gssapi (the kerberos extra); {INSTALL_HINT}")
+    skip_without_gssapi()
     import gssapi.raw
 
     mechs = {mech.dotted_form for mech in gssapi.raw.indicate_mechs()}
