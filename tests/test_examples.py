@@ -23,6 +23,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ids=" ".join,
 )
 def test_example_runs(argv: list[str]) -> None:
+    """Each echo example runs as documented, exits 0 and prints its output (the examples check their own echoes)."""
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / argv[0]), *argv[1:]], check=False, capture_output=True, text=True, timeout=120
     )
@@ -31,6 +32,7 @@ def test_example_runs(argv: list[str]) -> None:
 
 
 def test_demo_command_runs() -> None:
+    """``python -m negotiate_stream demo`` exits 0 and reports an encrypt_and_sign echo."""
     result = subprocess.run(
         [sys.executable, "-m", "negotiate_stream", "demo"], check=False, capture_output=True, text=True, timeout=120
     )

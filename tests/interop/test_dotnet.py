@@ -96,6 +96,7 @@ DOTNET_CLIENT_CASES = [
 
 @pytest.mark.parametrize(("mechanism", "level"), OUR_CLIENT_CASES)
 def test_our_client_dotnet_server_echo(dotnet: DotNetPeer, realm: Realm, mechanism: str, level: str) -> None:
+    """Our client and the .NET server echo 1 MiB byte-exact per mechanism and level; we report what was negotiated."""
     server = dotnet.server("--echo", "--protection", DOTNET_LEVEL[level])
     payload = nnspeer_random(MIB)
     peer = _driver.connect(server.port, **our_options(mechanism, level, realm))
@@ -118,6 +119,7 @@ def test_our_client_dotnet_server_echo(dotnet: DotNetPeer, realm: Realm, mechani
 def test_dotnet_client_our_server_echo(
     dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str, mechanism: str, level: str
 ) -> None:
+    """The .NET client and our server echo 1 MiB byte-exact; we report the mechanism, level and client identity."""
     with _driver.listener() as listening:
         port = listening.getsockname()[1]
         client = dotnet.start_client(
@@ -144,6 +146,7 @@ def test_dotnet_client_our_server_echo(
 
 
 def test_our_client_wrong_password_gets_dotnet_error(dotnet: DotNetPeer, realm: Realm) -> None:
+    """A wrong NTLM password fails our client with the .NET server's E_FAIL HandshakeError."""
     server = dotnet.server("--echo", "--protection", "EncryptAndSign")
     options = our_options("ntlm", "encrypt_and_sign", realm)
     options["credentials"] = ntlm_credentials("wrong password")
@@ -156,6 +159,7 @@ def test_our_client_wrong_password_gets_dotnet_error(dotnet: DotNetPeer, realm: 
 
 
 def test_dotnet_client_wrong_password_gets_our_error(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
+    """Our server rejects a .NET client's wrong password itself; .NET decodes our Error frame."""
     with _driver.listener() as listening:
         port = listening.getsockname()[1]
         args = dotnet_client_args("ntlm", "encrypt_and_sign", realm, password="wrong password")
@@ -175,6 +179,7 @@ def test_dotnet_client_wrong_password_gets_our_error(dotnet: DotNetPeer, realm: 
 
 
 def test_protection_mismatch_dotnet_server(dotnet: DotNetPeer, realm: Realm) -> None:
+    """Our client at Sign against a .NET EncryptAndSign server fails with ERROR_TRUST_FAILURE."""
     server = dotnet.server("--echo", "--protection", "EncryptAndSign")
     with pytest.raises(HandshakeError) as caught:
         _driver.connect(server.port, **our_options("ntlm", "sign", realm))
@@ -185,6 +190,7 @@ def test_protection_mismatch_dotnet_server(dotnet: DotNetPeer, realm: Realm) -> 
 
 
 def test_protection_mismatch_dotnet_client(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
+    """A .NET client at Sign gets ProtectionLevelError from our EncryptAndSign server, reported to it as 1790."""
     with _driver.listener() as listening:
         port = listening.getsockname()[1]
         client = dotnet.start_client(port, *dotnet_client_args("ntlm", "sign", realm), "--send", "hello", "--echo")
@@ -304,6 +310,7 @@ def test_dotnet_client_kerberos_password_our_server(dotnet: DotNetPeer, realm: R
 
 @pytest.mark.parametrize(("mechanism", "level"), [("ntlm", "encrypt_and_sign"), ("kerberos", "encrypt_and_sign")])
 def test_asyncio_client_dotnet_server(dotnet: DotNetPeer, realm: Realm, mechanism: str, level: str) -> None:
+    """The asyncio client echoes 1 MiB byte-exact through the .NET server over NTLM and Kerberos."""
     server = dotnet.server("--echo", "--protection", DOTNET_LEVEL[level])
     payload = nnspeer_random(MIB)
 
@@ -329,6 +336,8 @@ def test_asyncio_client_dotnet_server(dotnet: DotNetPeer, realm: Realm, mechanis
 def test_asyncio_server_dotnet_client(
     dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str, mechanism: str, level: str
 ) -> None:
+    """The asyncio server echoes all of a .NET client's 1 MiB over NTLM Sign and Kerberos EncryptAndSign."""
+
     async def main() -> tuple[int, str, int]:
         served: list[int] = []
 
@@ -372,6 +381,7 @@ def test_asyncio_server_dotnet_client(
 
 
 def test_asyncio_wait_closed_after_echo(dotnet: DotNetPeer, realm: Realm) -> None:
+    """writer.wait_closed() returns after a 1 MiB echo with the .NET server that paused and resumed reading."""
     server = dotnet.server("--echo", "--protection", "EncryptAndSign")
 
     async def main() -> None:
@@ -390,6 +400,7 @@ def test_asyncio_wait_closed_after_echo(dotnet: DotNetPeer, realm: Realm) -> Non
 
 
 def test_asyncio_client_wrong_password(dotnet: DotNetPeer, realm: Realm) -> None:
+    """A wrong NTLM password fails asyncio_.open_connection with the .NET server's E_FAIL HandshakeError."""
     server = dotnet.server("--echo", "--protection", "EncryptAndSign")
     options = our_options("ntlm", "encrypt_and_sign", realm, credentials=ntlm_credentials("wrong password"))
 

@@ -86,6 +86,7 @@ def our_client(password: str = NTLM_PASSWORD, **options: object) -> SecurityCont
 
 @pytest.mark.parametrize("protocol", ["ntlm", "negotiate"])
 def test_gss_ntlmssp_client_our_server_sealed(ntlm_mech: gssapi.OID, ntlm_user_file: str, protocol: str) -> None:
+    """A gss-ntlmssp client authenticates to our NTLM and Negotiate acceptors; sealed records flow both ways."""
     client = gss_initiator(ntlm_mech)
     server = our_server(ntlm_user_file, protocol=protocol)
     gss_client_to_our_server(client, server)
@@ -119,6 +120,7 @@ def test_gss_spnego_ntlm_client_our_negotiate_server(ntlm_mech: gssapi.OID, ntlm
 
 
 def test_our_client_gss_ntlmssp_server_sealed(ntlm_mech: gssapi.OID) -> None:
+    """Our NTLM client authenticates to gss-ntlmssp's acceptor; sealed records flow both ways."""
     client = our_client()
     server = gss_acceptor(ntlm_mech)
     our_client_to_gss_server(client, server)
@@ -159,6 +161,7 @@ def test_sign_level_sealed_like_gss_ntlmssp(ntlm_mech: gssapi.OID, ntlm_user_fil
 
 
 def test_gss_ntlmssp_client_wrong_password(ntlm_mech: gssapi.OID, ntlm_user_file: str) -> None:
+    """Our acceptor rejects a gss-ntlmssp client's wrong password with SEC_E_LOGON_DENIED."""
     client = gss_initiator(ntlm_mech, password="wrong password")
     server = our_server(ntlm_user_file, protocol="ntlm")
     with pytest.raises(AuthenticationError) as caught:
@@ -167,6 +170,7 @@ def test_gss_ntlmssp_client_wrong_password(ntlm_mech: gssapi.OID, ntlm_user_file
 
 
 def test_our_client_wrong_password_rejected_by_gss_ntlmssp(ntlm_mech: gssapi.OID) -> None:
+    """gss-ntlmssp's acceptor rejects our client's wrong password with a GSSError."""
     client = our_client(password="wrong password")
     server = gss_acceptor(ntlm_mech)
     with pytest.raises(gssapi.exceptions.GSSError):
@@ -174,6 +178,7 @@ def test_our_client_wrong_password_rejected_by_gss_ntlmssp(ntlm_mech: gssapi.OID
 
 
 def test_channel_bindings_with_gss_ntlmssp(ntlm_mech: gssapi.OID, ntlm_user_file: str) -> None:
+    """Our acceptor accepts gss-ntlmssp's matching channel bindings and raises ChannelBindingError on others."""
     client = gss_initiator(ntlm_mech, bindings=BINDINGS)
     server = our_server(ntlm_user_file, protocol="ntlm", channel_bindings=BINDINGS)
     gss_client_to_our_server(client, server)
@@ -186,6 +191,7 @@ def test_channel_bindings_with_gss_ntlmssp(ntlm_mech: gssapi.OID, ntlm_user_file
 
 
 def test_our_client_channel_bindings_checked_by_gss_ntlmssp(ntlm_mech: gssapi.OID) -> None:
+    """gss-ntlmssp's acceptor accepts our client's matching channel bindings and rejects others."""
     client = our_client(channel_bindings=BINDINGS)
     our_client_to_gss_server(client, gss_acceptor(ntlm_mech, bindings=BINDINGS))
     client = our_client(channel_bindings=BINDINGS)

@@ -116,6 +116,7 @@ def keytab_server(realm: Realm, **extra: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("level", ["encrypt_and_sign", "sign", "none"])
 def test_kerberos_ccache_to_keytab_each_level(realm: Realm, level: str) -> None:
+    """A ccache client and keytab acceptor mutually authenticate and echo at each level (MIT seals Sign)."""
     client, server = nns_pair(
         {"credentials": Credentials(ccache=realm.ccache), "protection_level": level, "require_mutual_auth": True},
         keytab_server(realm, protection_level=level),
@@ -131,6 +132,7 @@ def test_kerberos_ccache_to_keytab_each_level(realm: Realm, level: str) -> None:
 
 
 def test_kerberos_password_credentials(realm: Realm) -> None:
+    """A client with only a principal and password gets a Kerberos ticket; the server sees that principal."""
     client, server = nns_pair(
         {"credentials": Credentials(username=realm.principal, password=realm.password), "protocol": "kerberos"},
         keytab_server(realm, protocol="kerberos"),
@@ -151,6 +153,7 @@ def test_kerberos_user_name_with_domain_field(realm: Realm) -> None:
 
 
 def test_kerberos_client_keytab(realm: Realm) -> None:
+    """A client authenticates with Kerberos from a client keytab; the server sees its principal."""
     client_keytab = realm.env["KRB5_CLIENT_KTNAME"]
     _client, server = nns_pair(
         {"credentials": Credentials(username=realm.principal, keytab=client_keytab), "protocol": "kerberos"},
@@ -160,6 +163,7 @@ def test_kerberos_client_keytab(realm: Realm) -> None:
 
 
 def test_acceptor_keytab_from_environment(realm: Realm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An acceptor given no credentials finds its keytab through KRB5_KTNAME and accepts Kerberos."""
     monkeypatch.setenv("KRB5_KTNAME", realm.env["KRB5_KTNAME"])
     _client, server = nns_pair({"credentials": Credentials(ccache=realm.ccache)}, {})
     assert server.info.protocol == "kerberos"
@@ -196,6 +200,7 @@ def test_unknown_spn_without_fallback_is_refused_before_credentials_are_sent(rea
 
 
 def test_unknown_spn_kerberos_only_fails_with_typed_error(realm: Realm) -> None:
+    """A Kerberos-only client for an SPN unknown to the KDC fails with SEC_E_TARGET_UNKNOWN."""
     with pytest.raises(AuthenticationError, match="does not know the target service principal") as caught:
         SecurityContext.client(
             target="cifs/nowhere.example", credentials=Credentials(ccache=realm.ccache), protocol="kerberos"
@@ -204,6 +209,7 @@ def test_unknown_spn_kerberos_only_fails_with_typed_error(realm: Realm) -> None:
 
 
 def test_unreachable_kdc_is_reported_as_such(realm: Realm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreachable KDC fails the client with a KDC message and SEC_E_NO_AUTHENTICATING_AUTHORITY."""
     config = tmp_path / "krb5.conf"
     config.write_text(
         "[libdefaults]\n default_realm = NOWHERE.TEST\n dns_lookup_kdc = false\n"
@@ -218,6 +224,7 @@ def test_unreachable_kdc_is_reported_as_such(realm: Realm, tmp_path: Path, monke
 
 
 def test_spnego_falls_back_to_ntlm_and_reports_it(realm: Realm) -> None:
+    """SPNEGO falls back to NTLM (reported, not mutual) for a password user, yet prefers Kerberos with a ticket."""
     ntlm_user = Credentials(
         username=realm.env["INTEROP_KRB5_USER"], domain=realm.env["INTEROP_KRB5_DOMAIN"], password=realm.password
     )
@@ -231,6 +238,7 @@ def test_spnego_falls_back_to_ntlm_and_reports_it(realm: Realm) -> None:
 
 
 def test_server_refuses_ntlm_when_fallback_disabled(realm: Realm) -> None:
+    """An acceptor with allow_ntlm_fallback=False refuses an NTLM client with an AuthenticationError."""
     ntlm_user = Credentials(
         username=realm.env["INTEROP_KRB5_USER"], domain=realm.env["INTEROP_KRB5_DOMAIN"], password=realm.password
     )
@@ -247,6 +255,7 @@ def test_server_refuses_ntlm_when_fallback_disabled(realm: Realm) -> None:
 
 
 def test_require_mutual_auth_fails_on_ntlm(realm: Realm) -> None:
+    """require_mutual_auth=True fails the handshake when only NTLM, which cannot authenticate the server, is used."""
     ntlm_user = Credentials(
         username=realm.env["INTEROP_KRB5_USER"], domain=realm.env["INTEROP_KRB5_DOMAIN"], password=realm.password
     )
@@ -256,6 +265,7 @@ def test_require_mutual_auth_fails_on_ntlm(realm: Realm) -> None:
 
 
 def test_wrong_kerberos_password_is_an_authentication_error(realm: Realm) -> None:
+    """A wrong Kerberos password fails the client's first step with an AuthenticationError."""
     with pytest.raises(AuthenticationError):
         SecurityContext.client(
             credentials=Credentials(username=realm.principal, password="wrong"), protocol="kerberos"
@@ -270,6 +280,7 @@ OTHER_BINDINGS = b"tls-server-end-point:" + bytes(range(1, 33))
 
 @pytest.mark.parametrize("protocol", ["kerberos", "negotiate"])
 def test_kerberos_channel_bindings_match(realm: Realm, protocol: str) -> None:
+    """Matching channel bindings let Kerberos complete, directly and through SPNEGO."""
     client, _ = nns_pair(
         {"credentials": Credentials(ccache=realm.ccache), "channel_bindings": BINDINGS, "protocol": protocol},
         keytab_server(realm, channel_bindings=BINDINGS, protocol=protocol),
@@ -298,6 +309,7 @@ def handshake_errors(
 
 @pytest.mark.parametrize("protocol", ["kerberos", "negotiate"])
 def test_kerberos_channel_bindings_mismatch(realm: Realm, protocol: str) -> None:
+    """Kerberos bindings mismatch: our acceptor raises ChannelBindingError, the client gets SEC_E_BAD_BINDINGS."""
     client_error, server_error = handshake_errors(
         {"credentials": Credentials(ccache=realm.ccache), "channel_bindings": BINDINGS, "protocol": protocol},
         keytab_server(realm, channel_bindings=OTHER_BINDINGS, protocol=protocol),
@@ -309,6 +321,7 @@ def test_kerberos_channel_bindings_mismatch(realm: Realm, protocol: str) -> None
 
 @pytest.mark.parametrize("client_bindings", [BINDINGS, OTHER_BINDINGS], ids=["match", "mismatch"])
 def test_ntlm_channel_bindings(realm: Realm, client_bindings: bytes) -> None:
+    """NTLM completes with matching bindings; a mismatch gives ChannelBindingError and SEC_E_BAD_BINDINGS."""
     ntlm_user = Credentials(
         username=realm.env["INTEROP_KRB5_USER"], domain=realm.env["INTEROP_KRB5_DOMAIN"], password=realm.password
     )
@@ -466,6 +479,7 @@ def pump(connection: Connection, sock: socket.socket) -> bytes:
 
 @pytest.mark.parametrize("layer", [SecurityLayer.CONFIDENTIALITY, SecurityLayer.INTEGRITY, SecurityLayer.NONE])
 def test_sasl_gssapi_our_client_python_gssapi_server(realm: Realm, layer: SecurityLayer) -> None:
+    """Our RFC 4752 client picks each layer a python-gssapi server offers, replies integrity-only, exchanges data."""
     seen: dict[str, Any] = {}
 
     def server(sock: socket.socket) -> None:
@@ -547,6 +561,8 @@ def test_sasl_gssapi_our_client_python_gssapi_server(realm: Realm, layer: Securi
 
 @pytest.mark.parametrize("layer", [SecurityLayer.CONFIDENTIALITY, SecurityLayer.INTEGRITY])
 def test_sasl_gssapi_python_gssapi_client_our_server(realm: Realm, layer: SecurityLayer) -> None:
+    """Our RFC 4752 server offers only protected layers, takes a python-gssapi client's choice and authzid, echoes."""
+
     def server(sock: socket.socket) -> bytes:
         context = SecurityContext.server(
             protocol="kerberos", credentials=Credentials(keytab=realm.keytab), protection_level="sign"
@@ -601,6 +617,8 @@ def test_sasl_gssapi_python_gssapi_client_our_server(realm: Realm, layer: Securi
 
 
 def test_sasl_gssapi_client_refuses_layer_not_offered(realm: Realm) -> None:
+    """Our SASL GSSAPI client raises ProtectionLevelError when only the no-security layer it cannot use is offered."""
+
     def server(sock: socket.socket) -> None:
         context = gssapi.SecurityContext(usage="accept", creds=gssapi_acceptor_credentials(realm))
         while not context.complete:
@@ -622,6 +640,8 @@ def test_sasl_gssapi_client_refuses_layer_not_offered(realm: Realm) -> None:
 
 
 def test_sasl_gssapi_forged_offer_is_an_integrity_error(realm: Realm) -> None:
+    """Our SASL GSSAPI client raises IntegrityError on a tampered security-layer offer."""
+
     def server(sock: socket.socket) -> None:
         context = gssapi.SecurityContext(usage="accept", creds=gssapi_acceptor_credentials(realm))
         while not context.complete:

@@ -49,6 +49,7 @@ def test_sealed_search(samba_dc: SambaDC, args: list[str], negotiated: str) -> N
 
 
 def test_sealed_search_as_a_second_user_with_ntlm(samba_dc: SambaDC) -> None:
+    """A sealed NTLM bind + search against Samba also succeeds as a second account (bob)."""
     result = run_example(
         samba_dc, "--mech", "ntlm", "--user", "bob", "--password", samba_dc.env["SAMBA_DC_USER_PASSWORD"]
     )
@@ -57,6 +58,7 @@ def test_sealed_search_as_a_second_user_with_ntlm(samba_dc: SambaDC) -> None:
 
 
 def test_wrong_password_fails_the_bind(samba_dc: SambaDC) -> None:
+    """A wrong NTLM password fails the Samba bind with resultCode 49 (invalidCredentials) and exit status 1."""
     result = run_example(samba_dc, "--mech", "ntlm", "--password", "wrong password")
     assert result.returncode == 1
     assert "bind failed: resultCode 49" in result.stderr  # invalidCredentials
@@ -76,5 +78,6 @@ def test_kerberos_sign_level_is_sealed_by_samba(samba_dc: SambaDC) -> None:
     "NTLM sign-only SASL buffers (signature + plaintext) although gss-ntlmssp verifies the same signatures",
 )
 def test_ntlm_sign_only(samba_dc: SambaDC) -> None:
+    """NTLM sign-only bind + search against Samba (strict xfail: Samba rejects signatures gss-ntlmssp accepts)."""
     result = run_example(samba_dc, "--mech", "ntlm", "--sign-only")
     assert result.returncode == 0, result.stderr
