@@ -14,23 +14,13 @@ import threading
 from typing import Any
 
 from ._connection import Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
-from ._framing import nns
-from .errors import (
-    FramingError,
-    HandshakeTimeoutError,
-    NegotiateError,
-    StreamClosedError,
-    TruncatedStreamError,
-    status_name,
-)
+from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
+from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError, TruncatedStreamError
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "NegotiateProtocol", "NegotiateTransport"]
+__all__ = ["NegotiateProtocol", "NegotiateTransport"]
 
+# Failed handshakes are reported here by start_server (the handshake trace itself is the Connection's).
 logger = logging.getLogger("negotiate_stream")
-
-#: Seconds a handshake may take before it fails with :class:`HandshakeTimeoutError`.
-DEFAULT_HANDSHAKE_TIMEOUT = 30.0
-_RECEIVE_BUFFER_SIZE = 256 * 1024
 
 _thread_state = threading.local()
 
@@ -44,7 +34,7 @@ def _receive_buffer() -> memoryview:
     """
     view: memoryview | None = getattr(_thread_state, "view", None)
     if view is None:
-        view = _thread_state.view = memoryview(bytearray(_RECEIVE_BUFFER_SIZE))
+        view = _thread_state.view = memoryview(bytearray(RECEIVE_SIZE))
     return view
 
 
@@ -289,8 +279,6 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
     def _feed(self, data: bytes | memoryview) -> None:
         if self.connection.state in (State.BROKEN, State.CLOSED):
             return  # already failed or closed by us: ignore late bytes
-        if self.app_transport is None and data and logger.isEnabledFor(logging.DEBUG):
-            _trace_handshake(self.connection, "received", data)
         try:
             self.connection.receive_data(data)  # copies: the receive buffer is reused at once
         except NegotiateError as exc:
@@ -340,20 +328,6 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
 
     def _on_handshake_complete(self, info: SessionInfo) -> None:
         self._cancel_timer()
-        logger.debug(
-            "handshake complete (%s side): protocol %s, protection %s (signed %s, encrypted %s), peer %s, "
-            "mutual auth %s, one cipher state for both directions %s, record overhead %d bytes, max %d bytes/record",
-            "server" if info.is_server else "client",
-            info.protocol,
-            info.protection_level.value,
-            info.is_signed,
-            info.is_encrypted,
-            info.peer_identity,
-            info.mutually_authenticated,
-            info.shares_crypto_state,
-            info.sizes.header + info.sizes.trailer,
-            info.sizes.max_message,
-        )
         assert self._transport is not None
         self.app_transport = NegotiateTransport(self, self._transport, info)
         if self._call_connection_made:
@@ -365,30 +339,29 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
             self._waiter.set_result(self.app_transport)
 
     def _on_eof(self) -> None:
-        keep_open = False
-        eof_received = getattr(self.app_protocol, "eof_received", None)
-        if eof_received is not None:
-            keep_open = bool(eof_received())
-        self._keep_open_after_eof = keep_open
-        if not keep_open and self._transport is not None:
+        eof_received = getattr(self.app_protocol, "eof_received", None)  # optional on a plain BaseProtocol
+        self._keep_open_after_eof = eof_received is not None and bool(eof_received())
+        if not self._keep_open_after_eof and self._transport is not None:
             self._transport.close()
 
     def _flush(self) -> None:
         out = self.connection.data_to_send()
-        if out and logger.isEnabledFor(logging.DEBUG):
-            _trace_handshake(self.connection, "sent", out)
         if out and self._transport is not None and not self._transport.is_closing():
             self._transport.write(out)
 
-    def _fail(self, exc: Exception) -> None:
-        """A fatal error: tell the peer (Error frame during the handshake), close, report to the app."""
+    def _fail(self, exc: Exception, *, abort: bool = False) -> None:
+        """A fatal error: tell the peer (Error frame during the handshake), close (or abort), report to the app."""
         if self._error is None:
             self._error = exc
         self.connection.mark_broken(exc)
         self._flush()
         if self.app_transport is None:
             self._fail_waiter(exc)
-        if self._transport is not None:
+        if self._transport is None:
+            return
+        if abort:
+            self._transport.abort()
+        else:
             self._transport.close()  # connection_lost(None) follows: the app sees self._error
 
     def _fail_waiter(self, exc: BaseException) -> None:
@@ -398,15 +371,12 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
     def _on_handshake_timeout(self) -> None:
         self._timer = None
         if self.app_transport is None:
-            exc = HandshakeTimeoutError(
+            # Abort, not close: a silent peer must not hold the socket open for a graceful close.
+            timeout = HandshakeTimeoutError(
                 f"the handshake did not complete within {self._handshake_timeout} s: the peer is silent or too "
                 "slow; check that it speaks MS-NNS (NegotiateStream) or raise handshake_timeout"
             )
-            self.connection.mark_broken(exc)
-            self._error = exc
-            self._fail_waiter(exc)
-            if self._transport is not None:
-                self._transport.abort()
+            self._fail(timeout, abort=True)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -425,23 +395,3 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
             asyncio.get_running_loop().call_soon(self._process)  # deliver records held while paused
         else:
             transport.pause_reading()
-
-
-def _trace_handshake(connection: Connection, direction: str, data: bytes | memoryview) -> None:
-    """DEBUG-log the MS-NNS handshake messages in ``data``: message ids and token sizes, never token bytes."""
-    if connection.framing != "nns":
-        return
-    parts = []
-    position = 0
-    try:
-        while (parsed := nns.parse_handshake(data, position)) is not None:
-            frame, position = parsed
-            if frame.message_id is nns.MessageId.HANDSHAKE_ERROR:
-                parts.append(f"{frame.message_id.name} (code {status_name(frame.error_code)})")
-            else:
-                parts.append(f"{frame.message_id.name} with a {len(frame.payload)}-byte token")
-    except FramingError:
-        parts.append("bytes that are not an MS-NNS handshake message")
-    if position < len(data):
-        parts.append(f"{len(data) - position} bytes of a partial or following message")
-    logger.debug("handshake %s %s", direction, "; ".join(parts))

@@ -18,16 +18,22 @@ NTLM without Extended Session Security has ONE RC4 keystream per side for both d
 in step only if records never cross on the wire: such a session must be strictly request/response (half-duplex).
 No lock can fix a protocol that sends in both directions at once; check :attr:`SessionInfo.shares_crypto_state`
 (pyspnego only negotiates it when ``LM_COMPAT_LEVEL=0``; Windows and .NET use ESS by default).
+
+Frames are read and written only through the :mod:`._framing` codecs. Each handshake message sent or received,
+and the session established, is logged at DEBUG on the ``negotiate_stream`` logger (message ids and token sizes,
+never token bytes): that is the trace ``negotiate-stream -v`` prints, the same for every adapter.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-from typing import Final, Literal
+import logging
+from collections.abc import Callable
+from typing import Literal
 
-from ._context import ProtectionLevel, SecurityContext, StreamSizes
+from ._context import ProtectionLevel, SecurityContext
+from ._events import NEED_DATA, Data, EndOfStream, Event, HandshakeComplete, SessionInfo, State, _NeedData
 from ._framing import nns, sasl
+from ._framing._records import RecordCodec
 from .errors import (
     SEC_E_INTERNAL_ERROR,
     AuthenticationError,
@@ -51,79 +57,13 @@ __all__ = [
     "State",
 ]
 
+# The trace that ``negotiate-stream -v`` shows: handshake message ids and token sizes, never token bytes.
+_logger = logging.getLogger("negotiate_stream")
+
 #: Handshake round trips after which we give up (NTLM needs 2, Kerberos 1-2, SPNEGO 2-3).
 MAX_HANDSHAKE_ROUNDS = 16
 # Drop consumed bytes from the front of the receive buffer once this many have piled up.
 _COMPACT_THRESHOLD = 1 << 16
-
-
-class State(enum.Enum):
-    """Connection states; transitions: HANDSHAKING -> ESTABLISHED -> CLOSED, and any state -> BROKEN."""
-
-    HANDSHAKING = "handshaking"
-    ESTABLISHED = "established"
-    CLOSED = "closed"
-    BROKEN = "broken"
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-#: Returned by :meth:`Connection.next_event` when more bytes must be received first.
-NEED_DATA: Final = _NeedData()
-
-
-@dataclass(frozen=True, slots=True)
-class SessionInfo:
-    """What the handshake established; exposed by every adapter."""
-
-    #: ``"ntlm"`` or ``"kerberos"``.
-    protocol: str | None
-    protection_level: ProtectionLevel
-    #: Server side: the authenticated client (``DOMAIN\\user``, ``user@REALM``). Client side: the target SPN.
-    peer_identity: str | None
-    mutually_authenticated: bool
-    is_server: bool
-    #: NTLM without Extended Session Security: one cipher state for both directions (one lock for both), and
-    #: the application protocol must be strictly request/response (records must never cross on the wire).
-    shares_crypto_state: bool
-    #: Per-record overhead and the largest plaintext per record.
-    sizes: StreamSizes
-    framing: str
-
-    @property
-    def is_encrypted(self) -> bool:
-        """True when records are sealed (``NegotiateStream.IsEncrypted``)."""
-        return self.protection_level is ProtectionLevel.ENCRYPT_AND_SIGN
-
-    @property
-    def is_signed(self) -> bool:
-        """True when records carry a signature (``NegotiateStream.IsSigned``)."""
-        return self.protection_level is not ProtectionLevel.NONE
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeComplete:
-    """The handshake succeeded; application data may flow."""
-
-    info: SessionInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Data:
-    """Verified (and decrypted) application bytes, in order; one event per record."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class EndOfStream:
-    """The peer closed its sending side at a record boundary (a clean end)."""
-
-
-Event = HandshakeComplete | Data | EndOfStream
 
 
 class Connection:
@@ -158,7 +98,7 @@ class Connection:
         self._rounds = 0
         self._pending: list[Event] = []
         self.info: SessionInfo | None = None
-        self._codec: nns.NNSRecordCodec | sasl.SaslRecordCodec
+        self._codec: RecordCodec
         if framing == "nns":
             self._codec = nns.NNSRecordCodec()
             if not context.is_server:
@@ -168,11 +108,7 @@ class Connection:
                 raise LocalProtocolError(
                     "SASL framing needs a context already established by the SASL bind: step it to completion first"
                 )
-            overhead = 64  # generous bound of NTLM (16) and RFC 4121 (<= 60) token overhead
-            self._codec = sasl.SaslRecordCodec(
-                max_payload=sasl_max_buffer,
-                max_plaintext=max(1, min(nns.MAX_PLAINTEXT_PER_RECORD, sasl_peer_max_buffer - overhead)),
-            )
+            self._codec = sasl.SaslRecordCodec.for_buffers(sasl_max_buffer, sasl_peer_max_buffer)
             self._establish()
         else:
             raise ValueError("framing must be 'nns' or 'sasl'")
@@ -207,11 +143,9 @@ class Connection:
             self._state = State.BROKEN
             self._broken_cause = exc
 
-    _break = mark_broken
-
-    def _guarded(self, action: object) -> None:
+    def _guarded(self, action: Callable[[], None]) -> None:
         try:
-            action()  # type: ignore[operator]
+            action()
         except NegotiateError as exc:
             self._fail_handshake(exc)
             raise
@@ -238,13 +172,16 @@ class Connection:
                 status=SEC_E_INTERNAL_ERROR,
             )
         self._outgoing += nns.encode_handshake(message_id, token)
+        _trace("sent", message_id, token)
 
     def _fail_handshake(self, exc: NegotiateError) -> None:
         """Queue a HandshakeError frame for the peer (unless the peer reported the error) and break."""
         if self._state is State.HANDSHAKING and self.framing == "nns" and not isinstance(exc, HandshakeError):
             code = exc.status if exc.status is not None else SEC_E_INTERNAL_ERROR
-            self._outgoing += nns.encode_error(code, byteorder=self._error_byteorder)
-        self._break(exc)
+            frame = nns.encode_error(code, byteorder=self._error_byteorder)
+            self._outgoing += frame
+            _trace("sent", nns.MessageId.HANDSHAKE_ERROR, frame[nns.HANDSHAKE_HEADER_SIZE :])
+        self.mark_broken(exc)
 
     def _handle_handshake(self, frame: nns.HandshakeFrame) -> None:
         if frame.message_id is nns.MessageId.HANDSHAKE_ERROR:
@@ -296,6 +233,8 @@ class Connection:
         self._framed = level is not ProtectionLevel.NONE
         self._state = State.ESTABLISHED
         self._pending.append(HandshakeComplete(self.info))
+        if _logger.isEnabledFor(logging.DEBUG):
+            _log_session(self.info)
 
     # -- receive side -----------------------------------------------------------------------------------------------
 
@@ -327,6 +266,9 @@ class Connection:
                 return self._next_handshake_event()
             return self._next_data_event()
         except NegotiateError as exc:
+            # A broken stream never reads again: drop what was received (nothing past a bad header is kept). A
+            # fresh buffer, not clear(): no view of the old one can make this fail.
+            self._buffer, self._pos = bytearray(), 0
             self._fail_handshake(exc)
             raise
 
@@ -341,6 +283,7 @@ class Connection:
                     )
                 return NEED_DATA
             frame, self._pos = parsed
+            _trace("received", frame.message_id, frame.payload)
             self._handle_handshake(frame)
         self._compact()
         return self._pending.pop(0) if self._pending else self._next_data_event()
@@ -356,14 +299,12 @@ class Connection:
                 return Data(data)
             return EndOfStream() if self._eof else NEED_DATA
         codec = self._codec
+        header_size = codec.header_size
         unprotect = self.context.unprotect
-        while available >= 4:
-            end = pos + 4 + codec.payload_length(buffer, pos)
-            if len(buffer) < end:
-                break
+        while (end := codec.locate(buffer, pos)) is not None:
             # The context reads the record in place (no copy); both views are released before the buffer is
             # compacted, since a bytearray cannot be resized while a view of it exists.
-            with memoryview(buffer) as view, view[pos + 4 : end] as payload:
+            with memoryview(buffer) as view, view[pos + header_size : end] as payload:
                 plaintext = unprotect(payload)
             self._pos = end
             self._compact()
@@ -371,12 +312,11 @@ class Connection:
                 return Data(plaintext)
             # An empty record (a peer may send one) carries no event: keep parsing.
             buffer, pos = self._buffer, self._pos
-            available = len(buffer) - pos
         if self._eof:
-            if available:
+            if pos < len(buffer):
                 raise TruncatedStreamError(
                     f"the peer closed the connection in the middle of a {codec.name} record "
-                    f"({available} bytes of it received): the data was truncated"
+                    f"({len(buffer) - pos} bytes of it received): the data was truncated"
                 )
             return EndOfStream()
         return NEED_DATA
@@ -412,29 +352,40 @@ class Connection:
             if self._state is State.HANDSHAKING:
                 raise LocalProtocolError("cannot send application data before the handshake completes")
             self._check_usable("send")
-        if isinstance(data, memoryview) and data.itemsize != 1:
-            data = data.cast("B")  # record limits count bytes, not items
         if not data:
             return b""
         if not self._framed:
             return bytes(data)
-        codec = self._codec
-        protect = self.context.protect
-        limit = codec.max_plaintext
         try:
-            if len(data) <= limit:
-                payload = protect(data)
-                return codec.encode_header(len(payload)) + payload
-            parts = []
-            for chunk in nns.split_plaintext(data, limit):
-                payload = protect(chunk)  # a memoryview slice: the context reads it without a copy
-                parts.append(codec.encode_header(len(payload)))
-                parts.append(payload)
-            return b"".join(parts)
+            return self._codec.encode(data, self.context.protect)
         except NegotiateError as exc:
-            self._break(exc)
+            self.mark_broken(exc)
             raise
 
     def __repr__(self) -> str:
         role = "server" if self.context.is_server else "client"
         return f"<Connection {role} framing={self.framing} state={self._state.value}>"
+
+
+def _trace(direction: str, message_id: nns.MessageId, payload: bytes) -> None:
+    """DEBUG-log one handshake message sent or received (cheap when DEBUG is off: one level check)."""
+    if _logger.isEnabledFor(logging.DEBUG):
+        _logger.debug("handshake %s %s", direction, nns.HandshakeFrame(message_id, payload).describe())
+
+
+def _log_session(info: SessionInfo) -> None:
+    """DEBUG-log what the handshake established (the last line of the handshake trace)."""
+    _logger.debug(
+        "handshake complete (%s side): protocol %s, protection %s (signed %s, encrypted %s), peer %s, "
+        "mutual auth %s, one cipher state for both directions %s, record overhead %d bytes, max %d bytes/record",
+        "server" if info.is_server else "client",
+        info.protocol,
+        info.protection_level.value,
+        info.is_signed,
+        info.is_encrypted,
+        info.peer_identity,
+        info.mutually_authenticated,
+        info.shares_crypto_state,
+        info.sizes.header + info.sizes.trailer,
+        info.sizes.max_message,
+    )

@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ._asyncio_transport import DEFAULT_HANDSHAKE_TIMEOUT, NegotiateProtocol, NegotiateTransport, logger
+from ._asyncio_transport import NegotiateProtocol, NegotiateTransport, logger
 from ._connection import Connection
 from ._context import SecurityContext
+from ._options import DEFAULT_HANDSHAKE_TIMEOUT
 from .errors import StreamClosedError
 
 if TYPE_CHECKING:

@@ -9,7 +9,10 @@ Handshake message (MS-NNS 2.2.1)::
     |  1 byte   | 1 byte  | 1 byte  | 2 bytes          | <= 0xFFFF      |
     +-----------+---------+---------+------------------+----------------+
 
-Data record (MS-NNS 2.2.2), after a handshake that negotiated signing or sealing::
+HandshakeError payload: 8 bytes holding a 32-bit status code (see :func:`encode_error` for the byte orders).
+
+Data record (MS-NNS 2.2.2), after a handshake that negotiated signing or sealing (parsed by
+:class:`~._records.RecordCodec`, shared with SASL)::
 
     +--------------------------+-------------------------------------+
     | PayloadSize (uint32 LE)  | Payload (signature + data/cipher)   |
@@ -23,13 +26,14 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
-from ..errors import KNOWN_STATUS_CODES, FramingError
-from ._decoder import FrameDecoder
+from ..errors import KNOWN_STATUS_CODES, FramingError, status_name
+from ._records import Buffer, RecordCodec
 
 __all__ = [
+    "ERROR_PAYLOAD_SIZE",
     "HANDSHAKE_HEADER_SIZE",
     "MAX_HANDSHAKE_PAYLOAD",
     "MAX_PLAINTEXT_PER_RECORD",
@@ -42,26 +46,24 @@ __all__ = [
     "decode_error_code",
     "encode_error",
     "encode_handshake",
-    "handshake_decoder",
     "parse_handshake",
-    "record_decoder",
-    "split_plaintext",
 ]
 
-HANDSHAKE_HEADER_SIZE = 5
-RECORD_HEADER_SIZE = 4
+_HANDSHAKE_HEADER = struct.Struct(">BBBH")
+_RECORD_HEADER = struct.Struct("<I")
+HANDSHAKE_HEADER_SIZE = _HANDSHAKE_HEADER.size
+RECORD_HEADER_SIZE = _RECORD_HEADER.size
 MAX_HANDSHAKE_PAYLOAD = 0xFFFF
 #: .NET writes at most this many plaintext bytes per record (NegotiateStream.MaxWriteDataSize).
 MAX_PLAINTEXT_PER_RECORD = 0xFC00
-#: A record payload must be longer than this (.NET: "length <= 4" is an IOException).
+#: Smallest record payload .NET accepts (a length <= 4 is an IOException).
 MIN_RECORD_PAYLOAD = 5
 #: Largest record payload .NET accepts (NegotiateStream.MaxReadFrameSize).
 MAX_RECORD_PAYLOAD = 0x10000
+#: A HandshakeError message carries an 8-byte payload holding a 32-bit status code.
 ERROR_PAYLOAD_SIZE = 8
 
 _VERSION = (1, 0)
-_HANDSHAKE_HEADER = struct.Struct(">BBBH")
-_RECORD_HEADER = struct.Struct("<I")
 
 
 class MessageId(enum.IntEnum):
@@ -87,6 +89,12 @@ class HandshakeFrame:
         """The error code of a HandshakeError frame (either byte order, see :func:`decode_error_code`)."""
         return decode_error_code(self.payload)
 
+    def describe(self) -> str:
+        """A one-line summary for the handshake trace: the message id and the token size (never token bytes)."""
+        if self.message_id is MessageId.HANDSHAKE_ERROR:
+            return f"{self.message_id.name} (code {status_name(self.error_code)})"
+        return f"{self.message_id.name} with a {len(self.payload)}-byte token"
+
 
 def encode_handshake(message_id: MessageId, payload: bytes = b"") -> bytes:
     """Encode one handshake message; ``payload`` is a security token of at most 0xFFFF bytes."""
@@ -104,13 +112,12 @@ def encode_error(code: int, *, byteorder: str = "big") -> bytes:
     way); .NET 8+ writes it little-endian in the first 4. Big-endian is the default because that is what the
     deployed .NET Framework / Core peers decode.
     """
-    if byteorder == "big":
-        payload = code.to_bytes(8, "big")
-    elif byteorder == "little":
-        payload = code.to_bytes(8, "little")
-    else:
+    # Both layouts are the code as one 8-byte integer: big-endian puts it in the last 4 bytes, little-endian in
+    # the first 4.
+    if byteorder not in ("big", "little"):
         raise ValueError("byteorder must be 'big' or 'little'")
-    return encode_handshake(MessageId.HANDSHAKE_ERROR, payload)
+    order: Literal["big", "little"] = "big" if byteorder == "big" else "little"
+    return encode_handshake(MessageId.HANDSHAKE_ERROR, code.to_bytes(ERROR_PAYLOAD_SIZE, order))
 
 
 def decode_error_code(payload: bytes) -> int:
@@ -119,7 +126,7 @@ def decode_error_code(payload: bytes) -> int:
     A value that is a known SSPI/Windows status in one reading wins; otherwise the big-endian reading is
     preferred unless it is zero.
     """
-    if len(payload) < 4:
+    if len(payload) < 4:  # shorter than any sender writes: read what is there
         return int.from_bytes(payload, "big")
     big = int.from_bytes(payload[-4:], "big")
     little = int.from_bytes(payload[:4], "little")
@@ -130,7 +137,7 @@ def decode_error_code(payload: bytes) -> int:
     return big if big else little
 
 
-def parse_handshake(buffer: bytes | bytearray | memoryview, start: int = 0) -> tuple[HandshakeFrame, int] | None:
+def parse_handshake(buffer: Buffer, start: int = 0) -> tuple[HandshakeFrame, int] | None:
     """Parse one handshake message at ``buffer[start:]``.
 
     Returns ``(frame, end)`` or ``None`` when more bytes are needed; raises :class:`FramingError` as soon as the
@@ -157,54 +164,15 @@ def parse_handshake(buffer: bytes | bytearray | memoryview, start: int = 0) -> t
     return HandshakeFrame(MessageId(message_id), payload), end
 
 
-class NNSRecordCodec:
-    """Data-record framing of MS-NNS: a uint32 little-endian length, then the payload."""
+class NNSRecordCodec(RecordCodec):
+    """Data-record framing of MS-NNS: a uint32 little-endian length, then 5 to 65,536 bytes of payload."""
 
-    header_size = RECORD_HEADER_SIZE
-    max_plaintext = MAX_PLAINTEXT_PER_RECORD
-    min_payload = MIN_RECORD_PAYLOAD
-    max_payload = MAX_RECORD_PAYLOAD
+    _header = _RECORD_HEADER
     name = "MS-NNS"
+    _record_noun = "data record"
+    _bad_length_hint = "the peer is not a NegotiateStream, or the stream is corrupted"
 
-    @staticmethod
-    def encode_header(length: int) -> bytes:
-        """Return the 4-byte header announcing a payload of ``length`` bytes."""
-        return _RECORD_HEADER.pack(length)
-
-    def payload_length(self, buffer: bytes | bytearray | memoryview, start: int) -> int:
-        """Read and validate the payload length at ``buffer[start:start + 4]`` (caller checks availability)."""
-        (length,) = _RECORD_HEADER.unpack_from(buffer, start)
-        if length < MIN_RECORD_PAYLOAD or length > MAX_RECORD_PAYLOAD:
-            raise FramingError(
-                f"MS-NNS data record announces {length} bytes; valid lengths are {MIN_RECORD_PAYLOAD} to "
-                f"{MAX_RECORD_PAYLOAD}: the peer is not a NegotiateStream, or the stream is corrupted"
-            )
-        return int(length)
-
-    def parse(self, buffer: bytes | bytearray | memoryview, start: int = 0) -> tuple[bytes, int] | None:
-        """Parse one record at ``buffer[start:]``: ``(payload, end)``, ``None`` if incomplete, or FramingError."""
-        if len(buffer) - start < RECORD_HEADER_SIZE:
-            return None
-        end = start + RECORD_HEADER_SIZE + self.payload_length(buffer, start)
-        if len(buffer) < end:
-            return None
-        return bytes(buffer[start + RECORD_HEADER_SIZE : end]), end
-
-
-def split_plaintext(
-    data: bytes | bytearray | memoryview, limit: int = MAX_PLAINTEXT_PER_RECORD
-) -> Iterator[memoryview]:
-    """Yield ``data`` in slices of at most ``limit`` bytes (one slice per record); nothing for empty data."""
-    view = memoryview(data).cast("B")
-    for offset in range(0, len(view), limit):
-        yield view[offset : offset + limit]
-
-
-def handshake_decoder() -> FrameDecoder[HandshakeFrame]:
-    """An incremental decoder of handshake messages."""
-    return FrameDecoder(parse_handshake)
-
-
-def record_decoder() -> FrameDecoder[bytes]:
-    """An incremental decoder of data records (yields payloads)."""
-    return FrameDecoder(NNSRecordCodec().parse)
+    def __init__(self) -> None:
+        super().__init__(
+            min_payload=MIN_RECORD_PAYLOAD, max_payload=MAX_RECORD_PAYLOAD, max_plaintext=MAX_PLAINTEXT_PER_RECORD
+        )

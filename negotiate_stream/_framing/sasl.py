@@ -14,20 +14,26 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import FramingError
-from ._decoder import FrameDecoder
+from ._records import RecordCodec
 
 __all__ = [
     "DEFAULT_MAX_BUFFER",
+    "DEFAULT_MAX_PLAINTEXT",
     "LayerOffer",
     "SaslRecordCodec",
     "SecurityLayer",
     "decode_layer_message",
     "encode_layer_message",
-    "record_decoder",
 ]
 
 #: Largest length the 3-byte max-buffer field can express, and the default receive limit.
 DEFAULT_MAX_BUFFER = 0xFFFFFF
+#: Plaintext per record unless the peer's max buffer is smaller: the MS-NNS chunk, so both framings split alike.
+DEFAULT_MAX_PLAINTEXT = 0xFC00
+#: A token of zero bytes is a protocol violation (Samba closes the connection).
+MIN_TOKEN = 1
+#: A generous bound of the wrap overhead (NTLM adds 16 bytes, an RFC 4121 token at most 60).
+WRAP_OVERHEAD_BOUND = 64
 _RECORD_HEADER = struct.Struct(">I")
 
 
@@ -39,53 +45,30 @@ class SecurityLayer(enum.IntFlag):
     CONFIDENTIALITY = 4
 
 
-class SaslRecordCodec:
-    """SASL security-layer records: uint32 big-endian length + wrap token.
+class SaslRecordCodec(RecordCodec):
+    """SASL security-layer records: uint32 big-endian length + wrap token (parsed by the shared RecordCodec).
 
     ``max_payload`` is the largest token this side accepts (our advertised max buffer); ``max_plaintext`` the
     most plaintext we put into one record (bounded by the peer's max buffer minus the wrap overhead).
     """
 
-    header_size = 4
-    min_payload = 1
+    _header = _RECORD_HEADER
     name = "SASL"
+    _record_noun = "security-layer buffer"
+    _limit_note = " (our max buffer)"
+    _bad_length_hint = "the peer is not using the negotiated security layer, or the stream is corrupted"
 
-    def __init__(self, max_payload: int = DEFAULT_MAX_BUFFER, max_plaintext: int = 0xFC00) -> None:
-        if not 1 <= max_payload <= 0xFFFFFFFF:
-            raise ValueError("max_payload must be between 1 and 2**32 - 1")
-        if max_plaintext < 1:
-            raise ValueError("max_plaintext must be positive")
-        self.max_payload = max_payload
-        self.max_plaintext = max_plaintext
+    def __init__(self, max_payload: int = DEFAULT_MAX_BUFFER, max_plaintext: int = DEFAULT_MAX_PLAINTEXT) -> None:
+        super().__init__(min_payload=MIN_TOKEN, max_payload=max_payload, max_plaintext=max_plaintext)
 
-    @staticmethod
-    def encode_header(length: int) -> bytes:
-        """Return the 4-byte header announcing a token of ``length`` bytes."""
-        return _RECORD_HEADER.pack(length)
+    @classmethod
+    def for_buffers(cls, max_buffer: int, peer_max_buffer: int) -> SaslRecordCodec:
+        """The codec of a session where we accept ``max_buffer`` and the peer accepts ``peer_max_buffer`` bytes.
 
-    def payload_length(self, buffer: bytes | bytearray | memoryview, start: int) -> int:
-        """Read and validate the token length at ``buffer[start:start + 4]`` (caller checks availability)."""
-        (length,) = _RECORD_HEADER.unpack_from(buffer, start)
-        if length == 0 or length > self.max_payload:
-            raise FramingError(
-                f"SASL security-layer buffer announces {length} bytes; valid lengths are 1 to {self.max_payload} "
-                "(our max buffer): the peer is not using the negotiated security layer, or the stream is corrupted"
-            )
-        return int(length)
-
-    def parse(self, buffer: bytes | bytearray | memoryview, start: int = 0) -> tuple[bytes, int] | None:
-        """Parse one record at ``buffer[start:]``: ``(token, end)``, ``None`` if incomplete, or FramingError."""
-        if len(buffer) - start < 4:
-            return None
-        end = start + 4 + self.payload_length(buffer, start)
-        if len(buffer) < end:
-            return None
-        return bytes(buffer[start + 4 : end]), end
-
-
-def record_decoder(max_payload: int = DEFAULT_MAX_BUFFER) -> FrameDecoder[bytes]:
-    """An incremental decoder of SASL security-layer records (yields tokens)."""
-    return FrameDecoder(SaslRecordCodec(max_payload).parse)
+        Our plaintext per record leaves room for the wrap overhead inside the peer's buffer, and never exceeds
+        :data:`DEFAULT_MAX_PLAINTEXT` (what .NET and Windows write per record).
+        """
+        return cls(max_buffer, max(1, min(DEFAULT_MAX_PLAINTEXT, peer_max_buffer - WRAP_OVERHEAD_BOUND)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import pytest
 from negotiate_stream._framing import nns
 from negotiate_stream.errors import E_FAIL, ERROR_TRUST_FAILURE, FramingError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 
 
 def load(name: str) -> dict[str, bytes]:
@@ -49,13 +49,20 @@ def split(stream: bytes, count: int = 99) -> tuple[list[nns.HandshakeFrame], byt
 
 
 def records(data: bytes) -> list[bytes]:
-    decoder = nns.record_decoder()
-    payloads = decoder.feed(data)
-    assert decoder.buffered == 0, "the capture ends inside a record"
+    """Parse the data records of a capture's data phase (which must end at a record boundary)."""
+    codec = nns.NNSRecordCodec()
+    payloads: list[bytes] = []
+    position = 0
+    while (parsed := codec.parse(data, position)) is not None:
+        payload, position = parsed
+        payloads.append(payload)
+    assert position == len(data), "the capture ends inside a record"
     return payloads
 
 
 def test_ntlm_sealed_handshake_shape() -> None:
+    """NTLM at EncryptAndSign: two InProgress from the client, InProgress + Done from the server, then one sealed
+    21-byte record each way (signature version 1, sequence 1, no plaintext)."""
     streams = load("ntlm-encrypt-and-sign-hello")
     client_frames, client_rest = split(streams["client->server"], count=2)
     # SPNEGO: the .NET client never sends HandshakeDone; its two tokens are InProgress and data follows.
@@ -76,11 +83,15 @@ def test_ntlm_sealed_handshake_shape() -> None:
 
 
 def test_ntlm_client_data_follows_two_inprogress_frames() -> None:
+    """The client's data record starts right after its two InProgress messages (0x4A- and 0x13F-byte tokens)."""
     stream = load("ntlm-encrypt-and-sign-hello")["client->server"]
-    decoder = nns.handshake_decoder()
-    first, second = decoder.feed(stream[: 0x4A + 5 + 5 + 0x13F])
+    handshake_end = 0x4A + 5 + 5 + 0x13F
+    first, position = nns.parse_handshake(stream[:handshake_end]) or (None, 0)
+    second, position = nns.parse_handshake(stream[:handshake_end], position) or (None, 0)
+    assert first is not None and second is not None
     assert (first.message_id, second.message_id) == (nns.MessageId.HANDSHAKE_IN_PROGRESS,) * 2
-    payloads = records(stream[decoder.consumed :])
+    assert position == handshake_end
+    payloads = records(stream[position:])
     assert [len(p) for p in payloads] == [21]
 
 
@@ -93,6 +104,7 @@ def test_ntlm_sign_only_from_dotnet_on_linux_is_sealed() -> None:
 
 
 def test_ntlm_none_uses_raw_ntlmssp_and_client_done() -> None:
+    """At ProtectionLevel.None .NET sends raw NTLMSSP tokens, the client ends with Done, and data is unframed."""
     streams = load("ntlm-none-hello")
     client_frames, client_rest = split(streams["client->server"])
     assert [f.message_id for f in client_frames] == [
@@ -112,6 +124,7 @@ def test_ntlm_none_uses_raw_ntlmssp_and_client_done() -> None:
     [("ntlm-wrong-password", E_FAIL), ("ntlm-protection-mismatch", ERROR_TRUST_FAILURE)],
 )
 def test_dotnet_error_frames_decode(capture: str, code: int) -> None:
+    """.NET's HandshakeError frames decode to E_FAIL (bad password) or ERROR_TRUST_FAILURE, byte-identical to ours."""
     frames, _ = split(load(capture)["server->client"])
     error = frames[-1]
     assert error.message_id is nns.MessageId.HANDSHAKE_ERROR
@@ -121,6 +134,7 @@ def test_dotnet_error_frames_decode(capture: str, code: int) -> None:
 
 
 def test_kerberos_handshake_shape() -> None:
+    """Kerberos: one SPNEGO InProgress from the client, Done from the server, RFC 4121 wrap tokens as records."""
     streams = load("kerberos-encrypt-and-sign-hello")
     client_frames, client_rest = split(streams["client->server"], count=1)
     assert client_frames[0].message_id is nns.MessageId.HANDSHAKE_IN_PROGRESS
@@ -134,6 +148,7 @@ def test_kerberos_handshake_shape() -> None:
 
 
 def test_dotnet_server_streams_never_trip_our_limits() -> None:
+    """Every captured .NET server stream parses within our handshake and record limits."""
     for capture in DATA.glob("*.txt"):
         stream = load(capture.stem)["server->client"]
         try:
