@@ -6,17 +6,9 @@ The core is sans-I/O (:class:`Connection` over a :class:`SecurityContext`); thin
 layers (LDAP GSSAPI / GSS-SPNEGO).
 """
 
-from ._connection import (
-    NEED_DATA,
-    Connection,
-    Data,
-    EndOfStream,
-    Event,
-    HandshakeComplete,
-    SessionInfo,
-    State,
-)
+from ._connection import Connection
 from ._context import ContextOptions, Credentials, ProtectionLevel, SecurityContext, StreamSizes
+from ._events import NEED_DATA, Data, EndOfStream, Event, HandshakeComplete, SessionInfo, State
 from .errors import (
     AuthenticationError,
     BrokenStreamError,

@@ -13,7 +13,8 @@ import logging
 import threading
 from typing import Any
 
-from ._connection import Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
+from ._connection import Connection
+from ._events import Data, EndOfStream, HandshakeComplete, SessionInfo, State
 from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
 from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError, TruncatedStreamError
 

@@ -46,16 +46,8 @@ from .errors import (
     TruncatedStreamError,
 )
 
-__all__ = [
-    "NEED_DATA",
-    "Connection",
-    "Data",
-    "EndOfStream",
-    "Event",
-    "HandshakeComplete",
-    "SessionInfo",
-    "State",
-]
+# The events, states and SessionInfo live in ._events (imported from there, or from the package root).
+__all__ = ["Connection"]
 
 # The trace that ``negotiate-stream -v`` shows: handshake message ids and token sizes, never token bytes.
 _logger = logging.getLogger("negotiate_stream")

@@ -1,7 +1,7 @@
 """The vocabulary of :class:`~negotiate_stream.Connection`: its states, the events it returns, the session info.
 
 Kept apart from the engine so that adapters, the testing helpers and type hints can name them without the
-machinery; :mod:`negotiate_stream._connection` re-exports every name.
+machinery; the package root re-exports every public name.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from ._connection import NEED_DATA, Connection, Data, EndOfStream, HandshakeComplete, SessionInfo, State
+from ._connection import Connection
+from ._events import NEED_DATA, Data, EndOfStream, HandshakeComplete, SessionInfo, State
 from ._framing import nns
 from .errors import BrokenStreamError, LocalProtocolError, StreamClosedError
 

@@ -39,8 +39,9 @@ import anyio
 from anyio import TypedAttributeSet, typed_attribute
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 
-from ._connection import Connection, SessionInfo
+from ._connection import Connection
 from ._context import ProtectionLevel, SecurityContext
+from ._events import SessionInfo
 from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
 from ._stream_engine import StreamEngine, error_frame, handshake_step
 from .errors import HandshakeTimeoutError

@@ -31,8 +31,9 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._connection import Connection, SessionInfo
+from ._connection import Connection
 from ._context import ProtectionLevel, SecurityContext
+from ._events import SessionInfo
 from ._options import RECEIVE_SIZE
 from ._stream_engine import StreamEngine, error_frame, handshake_step
 from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError

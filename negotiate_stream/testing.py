@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from ._connection import Connection, Data, EndOfStream, Event, HandshakeComplete, SessionInfo
+from ._connection import Connection
 from ._context import Credentials, SecurityContext
+from ._events import Data, EndOfStream, Event, HandshakeComplete, SessionInfo
 from ._spnego.ntlm_users import write_ntlm_user_file
 
 __all__ = ["DEFAULT_DOMAIN", "NTLMUsers", "connection_pair", "exchange", "handshake", "transfer"]
