@@ -30,6 +30,7 @@ __all__ = [
     "AuthenticationError",
     "BrokenStreamError",
     "ChannelBindingError",
+    "ConnectionLostError",
     "ContextExpiredError",
     "FramingError",
     "HandshakeError",
@@ -196,8 +197,20 @@ class FramingError(RemoteProtocolError):
     default_status = SEC_E_INVALID_TOKEN
 
 
-class TruncatedStreamError(RemoteProtocolError):
-    """The peer closed the connection in the middle of a frame (or of the handshake)."""
+class ConnectionLostError(RemoteProtocolError):
+    """The peer went away where the protocol needed more: a reset or broken pipe, or an EOF mid-record.
+
+    Catch this one class for "the peer vanished". The OS error (``ConnectionResetError``, ``BrokenPipeError``,
+    ...), when there was one, is the ``__cause__``. An EOF inside a record or during the handshake is the subclass
+    :class:`TruncatedStreamError`; a reset at those points is reported as :class:`TruncatedStreamError` too, so the
+    type never depends on whether the peer's close arrived as a FIN or an RST.
+    """
+
+    default_status = SEC_E_INCOMPLETE_MESSAGE
+
+
+class TruncatedStreamError(ConnectionLostError):
+    """The peer closed (or reset) the connection in the middle of a frame or of the handshake."""
 
     default_status = SEC_E_INCOMPLETE_MESSAGE
 
