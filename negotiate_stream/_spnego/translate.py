@@ -7,6 +7,9 @@ what to do. The status codes mirror what SSPI (and therefore .NET) reports for t
 
 from __future__ import annotations
 
+import struct
+from types import TracebackType
+
 import spnego
 import spnego.exceptions as spnego_errors
 
@@ -21,6 +24,7 @@ from ..errors import (
     AuthenticationError,
     ChannelBindingError,
     ContextExpiredError,
+    FramingError,
     IntegrityError,
     KerberosUnavailableError,
     NegotiateError,
@@ -28,6 +32,7 @@ from ..errors import (
 from .records import mechanism
 
 __all__ = [
+    "MalformedTokenError",
     "creation_error",
     "data_error",
     "deferred_gss_error",
@@ -35,6 +40,7 @@ __all__ = [
     "kerberos_problem",
     "kerberos_unavailable",
     "pyspnego_text",
+    "token_kind",
 ]
 
 # MIT Kerberos messages that name a configuration problem rather than bad credentials.
@@ -119,8 +125,93 @@ def creation_error(exc: Exception, *, protocol: str, server_side: bool, principa
     )
 
 
-def handshake_error(exc: BaseException, server_side: bool) -> NegotiateError:
-    """Translate a pyspnego (or token parser) failure during a handshake step."""
+class MalformedTokenError(AuthenticationError, FramingError):
+    """The peer's handshake token is not a valid SPNEGO, NTLM or Kerberos message (:data:`SEC_E_INVALID_TOKEN`).
+
+    Both an :class:`~negotiate_stream.errors.AuthenticationError` (the handshake failed, as for any other bad
+    token) and a :class:`~negotiate_stream.errors.FramingError` (the peer sent bytes that are not the protocol):
+    the fault is the peer's, not its credentials' and not this side's keytab.
+    """
+
+    default_status = SEC_E_INVALID_TOKEN
+
+
+# The DER encoding (tag 06, length, value) of the mechanism OIDs a GSS-API InitialContextToken can name.
+_MECHANISM_OIDS = {
+    bytes.fromhex("06062b0601050502"): "SPNEGO",  # 1.3.6.1.5.5.2
+    bytes.fromhex("06092a864886f712010202"): "Kerberos",  # 1.2.840.113554.1.2.2 (RFC 4121)
+    bytes.fromhex("06092a864882f712010202"): "Kerberos",  # 1.2.840.48018.1.2.2 (Microsoft's alias)
+    bytes.fromhex("060a2a864886f71201020203"): "Kerberos",  # 1.2.840.113554.1.2.2.3 (user-to-user)
+    bytes.fromhex("06052b05010502"): "Kerberos",  # 1.3.5.1.5.2 (pre-RFC 1964 OID, still accepted by MIT)
+}
+# First bytes of the messages that travel without the GSS-API header: SPNEGO's NegTokenInit [0] and
+# NegTokenResp [1] after the first token, and the Kerberos AP-REQ, AP-REP and KRB-ERROR ([APPLICATION 14, 15,
+# 30]) that MIT Kerberos also accepts unwrapped (DCE style).
+_BARE_TAGS = {0xA0: "SPNEGO", 0xA1: "SPNEGO", 0x6E: "Kerberos", 0x6F: "Kerberos", 0x7E: "Kerberos"}
+_NTLM_SIGNATURE = b"NTLMSSP\x00"
+
+
+def token_kind(token: bytes) -> str | None:
+    """``"SPNEGO"``, ``"NTLM"`` or ``"Kerberos"``: the message ``token`` is framed as, or ``None`` for none of them.
+
+    Looks at the framing only (the NTLM signature, or the GSS-API header and the mechanism OID it names), not at
+    whether the message is valid: that is pyspnego's job.
+    """
+    if token.startswith(_NTLM_SIGNATURE):
+        return "NTLM"
+    if not token:
+        return None
+    if token[0] in _BARE_TAGS:
+        return _BARE_TAGS[token[0]]
+    if token[0] != 0x60 or len(token) < 2:  # [APPLICATION 0] InitialContextToken, RFC 2743 section 3.1
+        return None
+    # The DER length: one byte below 0x80, else 0x80 + the count of the length bytes that follow.
+    start = 2 + (token[1] & 0x7F if token[1] & 0x80 else 0)
+    oid_size = token[start + 1] if start + 1 < len(token) else 0
+    return _MECHANISM_OIDS.get(token[start : start + 2 + oid_size])
+
+
+def _step_input(exc: BaseException) -> bytes | None:
+    """The ``in_token`` argument of the outermost pyspnego ``step()`` on the traceback of ``exc``, if there is one.
+
+    pyspnego's exceptions do not carry the token they failed on, but the traceback of one raised by a step runs
+    through the proxy's public ``ContextProxy.step(in_token)`` (SPNEGO, NTLM or GSSAPI), whose frame still holds
+    the token exactly as the peer sent it (deeper frames may have replaced it with a parsed object). A translated
+    deferred GSSAPI error has no traceback: ``None``.
+    """
+    traceback: TracebackType | None = exc.__traceback__
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "step" and str(frame.f_globals.get("__name__", "")).startswith("spnego."):
+            token = frame.f_locals.get("in_token")
+            return bytes(token) if isinstance(token, bytes | bytearray | memoryview) else None
+        traceback = traceback.tb_next
+    return None
+
+
+def _not_negotiate(token: bytes, whose: str) -> MalformedTokenError:
+    size = f"{len(token)} byte{'' if len(token) == 1 else 's'}"
+    return MalformedTokenError(
+        f"{whose} handshake token is not a SPNEGO, NTLM or Kerberos message ({size} starting "
+        f"{token[:4].hex(' ')}): the peer does not speak Negotiate, or the stream is corrupted"
+    )
+
+
+def handshake_error(exc: BaseException, server_side: bool, token: bytes | None = None) -> NegotiateError:
+    """Translate a pyspnego (or token parser) failure during a handshake step.
+
+    ``token`` is the peer's token the failed step was given; when it is ``None`` it is read off the traceback of
+    ``exc`` (see :func:`_step_input`). It tells a token that is no Negotiate message at all from a real one that
+    failed, which pyspnego's exception alone cannot: pyspnego reads every token that is neither SPNEGO nor NTLM as
+    a Kerberos token, so garbage fails wherever Kerberos fails (no python-gssapi, no keytab), and that error would
+    send the operator to the keytab.
+    """
+    if token is None:
+        token = _step_input(exc)
+    whose = "the client's" if server_side else "the server's"
+    kind = token_kind(token) if token is not None else None
+    if token is not None and kind is None:
+        return _not_negotiate(token, whose)
     if isinstance(exc, spnego_errors.BadBindingsError):
         return ChannelBindingError(
             "channel bindings do not match: the TLS channel seen by the peer is not ours (possible "
@@ -134,19 +225,27 @@ def handshake_error(exc: BaseException, server_side: bool) -> NegotiateError:
     if isinstance(exc, spnego_errors.NoCredentialError | spnego_errors.OperationNotAvailableError):
         where = "acceptor credentials (NTLM user file or keytab)" if server_side else "client credentials"
         return AuthenticationError(f"no usable {where}: {pyspnego_text(exc)}", status=SEC_E_NO_CREDENTIALS)
+    if isinstance(exc, spnego_errors.BadMechanismError) and isinstance(exc.base_error, ImportError):
+        # A real SPNEGO or Kerberos token (garbage was named above) that offers only Kerberos, which pyspnego
+        # cannot run here: the missing extra is the cause, not anybody's credentials.
+        return kerberos_unavailable(f"the peer offered only Kerberos; {exc.base_error}")
     problem = kerberos_problem(pyspnego_text(exc))
     if problem is not None:
         return problem
-    if isinstance(exc, spnego_errors.SpnegoError):
-        who = "the client's" if server_side else "our"
-        return AuthenticationError(
-            f"authentication failed: {who} credentials were rejected or are unknown to the acceptor "
-            f"({pyspnego_text(exc)}); check user name, domain and password",
-            status=SEC_E_LOGON_DENIED,
+    if not isinstance(exc, spnego_errors.SpnegoError) or (
+        # pyspnego's SPNEGO parser ran out of bytes: a truncated or corrupted SPNEGO token.
+        isinstance(exc, spnego_errors.InvalidTokenError) and isinstance(exc.base_error, struct.error)
+    ):
+        text = pyspnego_text(exc) if isinstance(exc, spnego_errors.SpnegoError) else f"{type(exc).__name__}: {exc}"
+        return MalformedTokenError(
+            f"{whose} {kind or 'authentication'} token is malformed ({text}): the peer sent a broken message, or "
+            "the two sides are configured with different protocols"
         )
+    who = "the client's" if server_side else "our"
     return AuthenticationError(
-        f"the peer sent a malformed authentication token ({type(exc).__name__}: {exc})",
-        status=SEC_E_INVALID_TOKEN,
+        f"authentication failed: {who} credentials were rejected or are unknown to the acceptor "
+        f"({pyspnego_text(exc)}); check user name, domain and password",
+        status=SEC_E_LOGON_DENIED,
     )
 
 

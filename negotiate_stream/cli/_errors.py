@@ -9,7 +9,8 @@ code  meaning
 1     unexpected internal error (a bug: please report it with the ``-v`` output)
 2     usage error: bad option, missing password source, unsupported combination (argparse also exits 2)
 3     authentication failed: credentials rejected, protection level or mutual auth refused, peer's error frame
-4     remote protocol error: malformed frame, truncated stream, record that failed its integrity check
+4     remote protocol error: malformed frame or handshake token, truncated stream, record that failed its
+      integrity check
 5     connection error: connection refused/reset, address in use, host unreachable, connect or handshake timeout
 130   interrupted by SIGINT before the work was done (``connect`` in stdin/stdout mode)
 ====  ==========================================================================================================
@@ -39,6 +40,7 @@ __all__ = [
     "CLIUsageError",
     "describe_error",
     "exit_code_for",
+    "root_cause",
 ]
 
 EXIT_OK = 0
@@ -53,7 +55,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = """exit codes:
   0 success            1 internal error (bug)       2 usage error
   3 authentication failed (credentials, protection level, peer's error frame)
-  4 remote protocol error (malformed, truncated or tampered record)
+  4 remote protocol error (malformed token, malformed, truncated or tampered record)
   5 connection error or timeout (refused, reset, unreachable, address in use)"""
 
 
@@ -61,19 +63,30 @@ class CLIUsageError(Exception):
     """A command-line mistake found after argument parsing (missing password source, unreadable file, ...)."""
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The error that broke the stream when ``exc`` is a :class:`BrokenStreamError` (its ``__cause__`` chain);
+    ``exc`` itself otherwise.
+
+    A broken stream only repeats an earlier failure, and which call meets it first (often the write of data that
+    arrived before a tampered record) is chance: the cause is what says what happened and whose fault it was.
+    """
+    while isinstance(exc, BrokenStreamError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
 def exit_code_for(exc: BaseException) -> int:
-    """The exit code of the error class of ``exc`` (see the module docstring)."""
-    # A broken stream only repeats an earlier failure: its cause says whose fault it was.
-    if isinstance(exc, BrokenStreamError) and exc.__cause__ is not None:
-        return exit_code_for(exc.__cause__)
+    """The exit code of the error class of ``exc``'s :func:`root_cause` (see the module docstring)."""
+    exc = root_cause(exc)
     if isinstance(exc, CLIUsageError):
         return EXIT_USAGE
     if isinstance(exc, HandshakeTimeoutError | TimeoutError | OSError):
         return EXIT_CONNECTION
-    if isinstance(exc, AuthenticationError | ContextExpiredError):
-        return EXIT_AUTHENTICATION
+    # Before AuthenticationError: a handshake token that is not a Negotiate message is both, and the peer's fault.
     if isinstance(exc, RemoteProtocolError | BrokenStreamError):
         return EXIT_PROTOCOL
+    if isinstance(exc, AuthenticationError | ContextExpiredError):
+        return EXIT_AUTHENTICATION
     return EXIT_INTERNAL
 
 
@@ -86,7 +99,11 @@ _KINDS = {
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line reason: the error class in words, then the message (no newlines)."""
+    """A one-line reason: the error class in words, then the message (no newlines).
+
+    For a :class:`BrokenStreamError` it is the reason of its :func:`root_cause`.
+    """
+    exc = root_cause(exc)
     if isinstance(exc, asyncio.TimeoutError | TimeoutError) and not str(exc):
         text = "timed out"
     elif isinstance(exc, OSError) and exc.strerror:

@@ -1,4 +1,5 @@
-"""Moving plaintext between asyncio streams (echo, two-way relay) and running a listener until SIGINT/SIGTERM."""
+"""Moving plaintext between asyncio streams (echo, two-way relay), bounded by an optional idle timeout on what the
+protected client sends, and running a listener until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 
 from .._framing import nns
 
-__all__ = ["RELAY_CHUNK", "Counters", "echo", "relay", "serve_until_stopped"]
+__all__ = ["RELAY_CHUNK", "Counters", "IdleTimeoutError", "echo", "relay", "serve_until_stopped"]
 
 #: Bytes read per relay step: four full MS-NNS records, so one write protects and sends several records at once.
 RELAY_CHUNK = 4 * nns.MAX_PLAINTEXT_PER_RECORD
@@ -32,8 +33,34 @@ class Counters:
         self.down += n
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: Callable[[int], None]) -> None:
-    while data := await reader.read(RELAY_CHUNK):
+class IdleTimeoutError(TimeoutError):
+    """The protected peer delivered no data for ``seconds`` (``serve --idle-timeout``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no data from the client for {seconds:g} s (--idle-timeout)")
+        self.seconds = seconds
+
+
+async def _read(reader: asyncio.StreamReader, idle_timeout: float | None) -> bytes:
+    """The next chunk of ``reader`` (``b""`` at EOF); :class:`IdleTimeoutError` if none comes in ``idle_timeout``."""
+    if not idle_timeout:
+        return await reader.read(RELAY_CHUNK)
+    # A protected reader returns only the plaintext of complete, verified records: a peer that stops halfway
+    # through a record (its partial record held by the library) times out here just like a silent one.
+    # Cancelling a StreamReader.read() on timeout loses nothing it had buffered, and the connection closes anyway.
+    try:
+        return await asyncio.wait_for(reader.read(RELAY_CHUNK), idle_timeout)
+    except asyncio.TimeoutError:
+        raise IdleTimeoutError(idle_timeout) from None
+
+
+async def _pump(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    count: Callable[[int], None],
+    idle_timeout: float | None = None,
+) -> None:
+    while data := await _read(reader, idle_timeout):
         writer.write(data)
         count(len(data))
         await writer.drain()
@@ -42,10 +69,15 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, coun
         writer.write_eof()
 
 
-async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counters: Counters) -> None:
-    """Send everything read back to the same peer until EOF, half-close, then close; counts ``counters.up``."""
+async def echo(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counters: Counters, idle_timeout: float | None = None
+) -> None:
+    """Send everything read back to the same peer until EOF, half-close, then close; counts ``counters.up``.
+
+    With ``idle_timeout`` (seconds), a wait of that long for the next data raises :class:`IdleTimeoutError`.
+    """
     try:
-        await _pump(reader, writer, counters.count_up)
+        await _pump(reader, writer, counters.count_up, idle_timeout)
     finally:
         writer.close()
 
@@ -54,13 +86,17 @@ async def relay(
     a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     b: tuple[asyncio.StreamReader, asyncio.StreamWriter],
     counters: Counters,
+    idle_timeout: float | None = None,
 ) -> None:
     """Copy a -> b and b -> a until both directions reached EOF; half-closes are passed on; closes both.
 
-    The first failure in either direction (a tampered record, a reset) stops both and is raised.
+    The first failure in either direction (a tampered record, a reset) stops both and is raised. With
+    ``idle_timeout`` (seconds), ``a`` (the protected client) must send data at least that often until it
+    half-closes, else :class:`IdleTimeoutError` is raised: what ``b`` sends does not count, so a client that
+    stalls mid-record is closed even while the service keeps talking to it.
     """
     tasks = [
-        asyncio.ensure_future(_pump(a[0], b[1], counters.count_up)),
+        asyncio.ensure_future(_pump(a[0], b[1], counters.count_up, idle_timeout)),
         asyncio.ensure_future(_pump(b[0], a[1], counters.count_down)),
     ]
     try:

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from .. import SessionInfo
 from ..errors import status_name
-from ._errors import describe_error, exit_code_for
+from ._errors import describe_error, exit_code_for, root_cause
 
 __all__ = ["Reporter", "format_address", "session_fields", "setup_logging"]
 
@@ -57,36 +57,38 @@ class Reporter:
             self.human.flush()
 
     def failure(self, name: str, prefix: str, exc: BaseException, **fields: Any) -> None:
-        """Report a per-connection failure ``exc`` as event ``name``: ``"<prefix>: <reason>"`` plus its error
-        class, message and the exit code it would map to."""
-        reason = describe_error(exc)
-        self.event(
-            name,
-            f"{prefix}: {reason}",
-            error=type(exc).__name__,
-            message=reason,
-            exit_code=exit_code_for(exc),
-            **fields,
-        )
+        """Report a per-connection failure ``exc`` as event ``name``: ``"<prefix>: <reason> (<ErrorClass>)"``, or
+        its error class, status name, message and the exit code it would map to (all of the root cause, see
+        :func:`_error_fields`)."""
+        error = _error_fields(exc)
+        self.event(name, f"{prefix}: {error['message']} ({error['error']})", **error, **fields)
 
     def fatal(self, exc: BaseException) -> int:
         """Report a fatal error in one line; return its exit code."""
-        code = exit_code_for(exc)
-        reason = describe_error(exc)
+        error = _error_fields(exc)
         if self.json_output:
-            status = getattr(exc, "status", None)
-            self.event(
-                "error",
-                reason,
-                error=type(exc).__name__,
-                status=status_name(status) if isinstance(status, int) else None,
-                message=reason,
-                exit_code=code,
-            )
+            self.event("error", error["message"], **error)
         if not self.json_output or self.json_stream is not self.human:
-            self.human.write(f"negotiate-stream {self.command}: {reason}\n")
+            self.human.write(f"negotiate-stream {self.command}: {error['message']}\n")
             self.human.flush()
+        code: int = error["exit_code"]
         return code
+
+
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    """``error`` (class name), ``status`` (SEC_E name or None), ``message`` and ``exit_code`` of ``exc``.
+
+    A :class:`~negotiate_stream.errors.BrokenStreamError` is reported as the error that broke the stream (its
+    ``__cause__``), e.g. ``IntegrityError`` and ``SEC_E_MESSAGE_ALTERED``: that one says what happened.
+    """
+    cause = root_cause(exc)
+    status = getattr(cause, "status", None)
+    return {
+        "error": type(cause).__name__,
+        "status": status_name(status) if isinstance(status, int) else None,
+        "message": describe_error(cause),
+        "exit_code": exit_code_for(cause),
+    }
 
 
 def session_fields(info: SessionInfo, handshake_seconds: float) -> dict[str, Any]:

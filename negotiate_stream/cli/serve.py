@@ -3,7 +3,8 @@
 With ``--forward HOST:PORT`` this is a Negotiate "stunnel": each authenticated client gets its own plain TCP
 connection to the service, and the plaintext is relayed both ways (half-closes included). Every handshake is
 reported (peer address, authenticated identity, protocol, protection level, duration); a failed handshake closes
-only that connection. SIGINT or SIGTERM stops the server cleanly (exit status 0).
+only that connection. An authenticated client that sends no data for --idle-timeout seconds (including one that
+stops halfway through a record) is closed and reported. SIGINT or SIGTERM stops the server cleanly (exit status 0).
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from ..asyncio_ import wrap_streams
 from ._arguments import add_command, add_common_options, add_server_options, parse_address
 from ._credentials import server_options
 from ._errors import EXIT_CODES_HELP, EXIT_OK, CLIUsageError, describe_error
-from ._relay import Counters, echo, relay, serve_until_stopped
+from ._relay import Counters, IdleTimeoutError, echo, relay, serve_until_stopped
 from ._report import Reporter, format_address, session_fields, setup_logging
 
-__all__ = ["add_parser", "run"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "add_parser", "run"]
+
+#: Seconds an authenticated client may go without sending data (a complete record) before it is closed.
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 _EXAMPLES = f"""examples:
   # echo server for a quick test; NTLM accounts from a user file (lines DOMAIN:USER:PASSWORD)
@@ -56,6 +60,15 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         metavar="N",
         help="serve at most N clients at a time; more are closed at once and reported (default: no limit)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close an authenticated client that sends no data for this long: only complete records count, so a "
+        "client that stalls mid-record is closed too; with --forward, what the service sends does not count; "
+        "0 disables (default: %(default)g)",
     )
     add_common_options(parser)
     add_server_options(parser)
@@ -122,9 +135,10 @@ class _Server:
         )
         counters = Counters()
         opened = time.monotonic()
+        idle_timeout = self.args.idle_timeout or None
         try:
             if self.forward is None:
-                await echo(sreader, swriter, counters)
+                await echo(sreader, swriter, counters, idle_timeout)
             else:
                 try:
                     target = await asyncio.wait_for(
@@ -135,19 +149,35 @@ class _Server:
                     raise ConnectionError(
                         f"cannot reach the --forward target {self.args.forward}: {describe_error(exc)}"
                     ) from exc
-                await relay((sreader, swriter), target, counters)
+                await relay((sreader, swriter), target, counters, idle_timeout)
+        except IdleTimeoutError as exc:
+            self.reporter.event(
+                "idle_timeout",
+                f"{peer}: closed {info.peer_identity}'s connection: {exc}",
+                peer=peer,
+                peer_identity=info.peer_identity,
+                idle_seconds=exc.seconds,
+                **self._traffic(counters, opened),
+            )
+            return
         except Exception as exc:
             self.reporter.failure("connection_failed", peer, exc, peer=peer)
             return
-        sent = counters.down if self.forward else counters.up
+        traffic = self._traffic(counters, opened)
         self.reporter.event(
             "closed",
-            f"{peer}: closed after {counters.up} bytes received, {sent} sent",
+            f"{peer}: closed after {traffic['bytes_received']} bytes received, {traffic['bytes_sent']} sent",
             peer=peer,
-            bytes_received=counters.up,
-            bytes_sent=sent,
-            seconds=round(time.monotonic() - opened, 3),
+            **traffic,
         )
+
+    def _traffic(self, counters: Counters, opened: float) -> dict[str, Any]:
+        # What a connection carried: from the client (`up` in both modes) and back to it (echoed or relayed).
+        return {
+            "bytes_received": counters.up,
+            "bytes_sent": counters.down if self.forward else counters.up,
+            "seconds": round(time.monotonic() - opened, 3),
+        }
 
 
 async def _serve(args: argparse.Namespace, options: dict[str, Any], reporter: Reporter) -> int:
@@ -165,6 +195,7 @@ async def _serve(args: argparse.Namespace, options: dict[str, Any], reporter: Re
         forward=args.forward,
         protocol=args.protocol,
         protection_level=options["protection_level"].value,
+        idle_timeout=args.idle_timeout,
     )
     await serve_until_stopped(server, state.active)
     reporter.event("stopped", f"stopped after {state.accepted} connections", connections=state.accepted)
@@ -178,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.max_connections is not None and args.max_connections < 1:
             raise CLIUsageError("--max-connections must be at least 1")
+        if not args.idle_timeout >= 0:  # also refuses nan
+            raise CLIUsageError("--idle-timeout must be 0 (no limit) or a number of seconds")
         options = server_options(args)
         return asyncio.run(_serve(args, options, reporter))
     except KeyboardInterrupt:

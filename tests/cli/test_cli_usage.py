@@ -22,6 +22,8 @@ from tests.support.cli import CLI, TIMEOUT
         (["connect", "no-port-here"], "is not HOST:PORT"),
         (["serve", "--listen", "127.0.0.1:0", "--echo", "--users-file", "/nonexistent/users"], "cannot read"),
         (["serve", "--listen", "127.0.0.1:0"], "one of the arguments --echo --forward is required"),
+        (["serve", "--listen", "127.0.0.1:0", "--echo", "--idle-timeout", "-1"], "--idle-timeout must be 0"),
+        (["serve", "--listen", "127.0.0.1:0", "--echo", "--idle-timeout", "soon"], "argument --idle-timeout"),
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str) -> None:
@@ -63,3 +65,15 @@ def test_only_the_users_commands(capsys: pytest.CaptureFixture[str]) -> None:
 def test_framing_nns_is_still_accepted(command: list[str]) -> None:
     """Command lines written with ``--framing nns`` (the only framing) keep working."""
     assert build_parser().parse_args([*command, "--framing", "nns"]).framing == "nns"
+
+
+def test_serve_idle_timeout_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """``serve --idle-timeout`` defaults to 300 seconds, and its help says what counts and that 0 disables it."""
+    assert build_parser().parse_args(["serve", "--listen", ":9", "--echo"]).idle_timeout == 300
+    assert build_parser().parse_args(["serve", "--listen", ":9", "--echo", "--idle-timeout", "0"]).idle_timeout == 0
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--idle-timeout SECONDS" in help_text
+    assert "only complete records count" in help_text
+    assert "0 disables (default: 300)" in help_text

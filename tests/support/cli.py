@@ -1,9 +1,12 @@
-"""Helpers shared by the command-line tests: the ``negotiate-stream`` command run as real subprocesses."""
+"""Helpers shared by the command-line tests: the ``negotiate-stream`` command run as real subprocesses, and a
+client that authenticates to it by hand (a bare Connection) and then writes exactly the bytes a test wants."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from negotiate_stream import Connection, SecurityContext
 from negotiate_stream.testing import NTLMUsers
+from tests.support.aio import RawPeer, client_options
 
 #: The command, run the way ``python -m negotiate_stream`` runs it (no reliance on the installed script's PATH).
 CLI = [sys.executable, "-m", "negotiate_stream"]
@@ -50,39 +55,73 @@ def run_connect(port: int, *extra: str, stdin: bytes | IO[bytes], password: str)
 
 
 class Serve:
-    """A running ``serve --json`` subprocess; ``events`` holds its JSON lines once stopped."""
+    """A running ``serve`` subprocess; once stopped, ``events`` holds its JSON lines (``--json``) and ``stderr`` its
+    text output."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, *, json_output: bool = True) -> None:
         self.process = process
         self.port = port
+        self.json_output = json_output
         self.events: list[dict[str, object]] = []
         self.stderr = ""
 
     def stop(self) -> int:
-        """Stop the server as a service manager would (SIGTERM), collect its events; return its exit status."""
+        """Stop the server as a service manager would (SIGTERM), collect its output; return its exit status."""
         self.process.send_signal(signal.SIGTERM)
         out, err = self.process.communicate(timeout=TIMEOUT)
-        self.events += [json.loads(line) for line in out.decode().splitlines()]
-        self.stderr = err.decode()
+        if self.json_output:
+            self.events += [json.loads(line) for line in out.decode().splitlines()]
+        self.stderr += err.decode()
         return self.process.returncode
 
 
 @contextmanager
-def serve(users: NTLMUsers, *mode: str) -> Iterator[Serve]:
-    """Run ``serve`` on a free loopback port with the accounts of ``users``; ``mode`` defaults to ``--echo``."""
+def serve(users: NTLMUsers, *mode: str, json_output: bool = True) -> Iterator[Serve]:
+    """Run ``serve`` on a free loopback port with the accounts of ``users``; ``mode`` defaults to ``--echo``.
+
+    With ``json_output`` (the default) it runs with ``--json``; without, its text lines are in ``Serve.stderr``.
+    """
     process = subprocess.Popen(
-        [*CLI, "serve", "--listen", "127.0.0.1:0", "--users-file", users.path, "--json", *(mode or ("--echo",))],
+        [
+            *CLI,
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--users-file",
+            users.path,
+            *(["--json"] if json_output else []),
+            *(mode or ("--echo",)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
-        assert process.stdout is not None
-        first = json.loads(process.stdout.readline())
-        assert first["event"] == "listening", first
-        server = Serve(process, int(first["port"]))
-        server.events.append(first)
+        assert process.stdout is not None and process.stderr is not None
+        if json_output:
+            first = json.loads(process.stdout.readline())
+            assert first["event"] == "listening", first
+            server = Serve(process, int(first["port"]))
+            server.events.append(first)
+        else:
+            line = process.stderr.readline().decode()
+            listening = re.search(r"listening on \S+:(\d+) ", line)
+            assert listening is not None, line
+            server = Serve(process, int(listening[1]), json_output=False)
+            server.stderr = line
         yield server
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+async def authenticated_client(port: int, users: NTLMUsers) -> RawPeer:
+    """Connect to ``127.0.0.1:port`` and authenticate as :data:`USER` with a bare :class:`Connection` (raw NTLM).
+
+    After the handshake the test owns the wire: ``peer.connection.send(data)`` makes records, ``peer.writer``
+    writes any bytes (half a record, a tampered one), ``peer.receive(n)`` reads verified plaintext.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    peer = RawPeer(reader, writer, Connection(SecurityContext.create(False, **client_options(users))))
+    await peer.handshake()
+    return peer
