@@ -38,6 +38,7 @@ __all__ = [
     "IntegrityError",
     "KerberosUnavailableError",
     "LocalProtocolError",
+    "MalformedTokenError",
     "NegotiateError",
     "ProtectionLevelError",
     "RemoteProtocolError",
@@ -213,6 +214,17 @@ class TruncatedStreamError(ConnectionLostError):
     """The peer closed (or reset) the connection in the middle of a frame or of the handshake."""
 
     default_status = SEC_E_INCOMPLETE_MESSAGE
+
+
+class MalformedTokenError(AuthenticationError, FramingError):
+    """The peer's handshake token is not a valid SPNEGO, NTLM or Kerberos message (:data:`SEC_E_INVALID_TOKEN`).
+
+    Both an :class:`AuthenticationError` (the handshake failed, as for any other bad
+    token) and a :class:`FramingError` (the peer sent bytes that are not the protocol):
+    the fault is the peer's, not its credentials' and not this side's keytab.
+    """
+
+    default_status = SEC_E_INVALID_TOKEN
 
 
 class IntegrityError(RemoteProtocolError):

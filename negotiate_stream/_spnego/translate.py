@@ -15,7 +15,6 @@ import spnego.exceptions as spnego_errors
 
 from ..errors import (
     SEC_E_CONTEXT_EXPIRED,
-    SEC_E_INVALID_TOKEN,
     SEC_E_LOGON_DENIED,
     SEC_E_NO_AUTHENTICATING_AUTHORITY,
     SEC_E_NO_CREDENTIALS,
@@ -24,9 +23,9 @@ from ..errors import (
     AuthenticationError,
     ChannelBindingError,
     ContextExpiredError,
-    FramingError,
     IntegrityError,
     KerberosUnavailableError,
+    MalformedTokenError,
     NegotiateError,
 )
 from .records import mechanism
@@ -123,17 +122,6 @@ def creation_error(exc: Exception, *, protocol: str, server_side: bool, principa
         "(user@REALM), the password or keytab, and that the KDC of the realm is reachable",
         status=SEC_E_LOGON_DENIED,
     )
-
-
-class MalformedTokenError(AuthenticationError, FramingError):
-    """The peer's handshake token is not a valid SPNEGO, NTLM or Kerberos message (:data:`SEC_E_INVALID_TOKEN`).
-
-    Both an :class:`~negotiate_stream.errors.AuthenticationError` (the handshake failed, as for any other bad
-    token) and a :class:`~negotiate_stream.errors.FramingError` (the peer sent bytes that are not the protocol):
-    the fault is the peer's, not its credentials' and not this side's keytab.
-    """
-
-    default_status = SEC_E_INVALID_TOKEN
 
 
 # The DER encoding (tag 06, length, value) of the mechanism OIDs a GSS-API InitialContextToken can name.

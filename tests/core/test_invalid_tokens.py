@@ -24,10 +24,11 @@ from negotiate_stream import (
     AuthenticationError,
     FramingError,
     KerberosUnavailableError,
+    MalformedTokenError,
     RemoteProtocolError,
     SecurityContext,
 )
-from negotiate_stream._spnego.translate import MalformedTokenError, handshake_error, token_kind
+from negotiate_stream._spnego.translate import handshake_error, token_kind
 from negotiate_stream.errors import SEC_E_INVALID_TOKEN, SEC_E_LOGON_DENIED
 from negotiate_stream.testing import NTLMUsers
 from tests.support.core import context_pair
