@@ -7,6 +7,9 @@ for acceptors and the translation of every pyspnego exception into the :mod:`neg
 live in the :mod:`negotiate_stream._spnego` package, the ONLY place that imports pyspnego. Nothing above this
 module sees a pyspnego type or exception.
 
+NTLM records run on :class:`~negotiate_stream._ntlm_records.NTLMRecordCipher` instead of pyspnego once the handshake
+is complete (the *fast path*, see :attr:`SecurityContext.record_path`); the wire bytes are the same.
+
 Thread-safety: pyspnego has no locks. One thread may ``protect`` while another ``unprotect``s (one encryptor and
 one decryptor), *unless* :attr:`SecurityContext.shares_crypto_state` is true (NTLM without Extended Session
 Security: one RC4 state for both directions), in which case every ``protect``/``unprotect`` must be serialised by
@@ -15,12 +18,13 @@ one lock. The adapters do this for you.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from ._options import ContextOptions, Credentials, ProtectionLevel, ProtocolName, StreamSizes
 from ._spnego import records
 from ._spnego.build import kerberos_import_error, new_context
 from ._spnego.environment import acceptor_environment
+from ._spnego.ntlm_takeover import NTLMFastPath, take_over
 from ._spnego.ntlm_users import write_ntlm_user_file
 from ._spnego.records import Buffer, RecordFunction
 from ._spnego.translate import data_error, deferred_gss_error, handshake_error, kerberos_unavailable, pyspnego_text
@@ -48,12 +52,20 @@ __all__ = [
 
 _PROTOCOLS = ("negotiate", "ntlm", "kerberos")
 
+#: Which code protects the records: our NTLM cipher, pyspnego, or nothing (no records, or not established yet).
+RecordPath = Literal["fast", "pyspnego", "none"]
+
+
+def _refusal(error: NegotiateError) -> IntegrityError:
+    """The error for any incoming record or wrapped message after ``error`` (a context never recovers from one)."""
+    return IntegrityError(f"the security context already rejected a record ({error}); open a new connection")
+
 
 def _failed(error: NegotiateError) -> RecordFunction:
-    """An unprotect function that refuses everything after ``error`` (a context never recovers from a bad record)."""
+    """An unprotect function that refuses everything after ``error``."""
 
     def refuse(payload: Buffer) -> bytes:
-        raise IntegrityError(f"the security context already rejected a record ({error}); open a new connection")
+        raise _refusal(error)
 
     return refuse
 
@@ -67,6 +79,13 @@ class SecurityContext:
     ``protocol="kerberos"`` needs the ``kerberos`` extra (``pip install 'negotiate-stream[kerberos]'``); without it
     creating the context raises :class:`~negotiate_stream.errors.KerberosUnavailableError`, and so does the first
     :meth:`step` of ``"negotiate"`` with ``allow_ntlm_fallback=False``. Plain ``"negotiate"`` then uses NTLM.
+
+    NTLM with Extended Session Security (the default everywhere) protects its records on the library's own
+    MS-NLMP cipher, 2.5 to 4 times faster than pyspnego for small records and byte-identical on the wire; the
+    handshake always stays in pyspnego, and any other case (Kerberos, NTLM without ESS, a pyspnego whose private
+    state is not what the takeover expects) keeps pyspnego. Setting the environment variable
+    ``NEGOTIATE_STREAM_NTLM_FAST_PATH=0`` forces pyspnego; it is read when a context completes its handshake.
+    :attr:`record_path` tells which one a context uses.
     """
 
     def __init__(
@@ -96,6 +115,7 @@ class SecurityContext:
         self._protect: RecordFunction = self._not_ready
         self._unprotect: RecordFunction = self._not_ready
         self._rejected: NegotiateError | None = None
+        self._fast: NTLMFastPath | None = None  # our NTLM ciphers once they took the records over from pyspnego
         self._ctx = new_context(
             server_side=server_side,
             credentials=self._credentials,
@@ -172,12 +192,14 @@ class SecurityContext:
                 status=SEC_E_LOGON_DENIED,
             )
         self._protection_level = level
+        # Once, at completion: the ciphers continue where pyspnego's record state stands right now.
+        self._fast = take_over(self._ctx)
         self._bind_protection(level)
 
     def _bind_protection(self, level: ProtectionLevel) -> None:
         # Choose the per-record functions once, so the hot path has no branching on level or mechanism.
         ntlm_sign_layout = self.negotiated_protocol == "ntlm" and not self.ntlm_seal_sign_only
-        functions = records.record_functions(self._ctx, level, ntlm_sign_layout=ntlm_sign_layout)
+        functions = records.record_functions(self._ctx, level, ntlm_sign_layout=ntlm_sign_layout, fast=self._fast)
         if functions is None:
             self._protect = self._unprotect = self._no_protection
         else:
@@ -217,17 +239,22 @@ class SecurityContext:
         try:
             return self._unprotect(payload)
         except NegotiateError as exc:
-            if self._rejected is None:  # the refusals that follow keep naming the first failure, not each other
-                self._rejected = exc
-                self._unprotect = _failed(exc)  # sticky: pyspnego itself would accept the next valid record
+            self._reject(exc)
             raise
         except Exception as exc:
             error = data_error(
                 exc, "a record failed its integrity check (tampered, replayed, reordered or dropped record)"
             )
+            self._reject(error)
+            raise error from exc
+
+    def _reject(self, error: NegotiateError) -> None:
+        # Sticky for records and wrapped messages alike: pyspnego would accept the next valid record after some
+        # failures, the NTLM fast path after none, and neither may be trusted again. The refusals that follow keep
+        # naming the first failure, not each other.
+        if self._rejected is None:
             self._rejected = error
             self._unprotect = _failed(error)
-            raise error from exc
 
     def wrap_message(self, message: bytes, *, encrypt: bool = False) -> bytes:
         """Wrap one message outside the record stream, e.g. the RFC 4752 SASL GSSAPI security-layer message.
@@ -239,21 +266,26 @@ class SecurityContext:
         if self._protection_level is None:
             raise LocalProtocolError("cannot wrap a message before the security context is established")
         try:
-            return records.wrap_message(self._ctx, message, encrypt)
+            return records.wrap_message(self._ctx, message, encrypt, self._fast)
         except Exception as exc:
             raise IntegrityError(f"cannot wrap the message: {pyspnego_text(exc)}", status=None) from exc
 
     def unwrap_message(self, token: bytes) -> bytes:
         """Verify (and decrypt, if sealed) one wrap token made by the peer's :meth:`wrap_message`.
 
-        Raises :class:`IntegrityError` if the token fails verification (the context is then unusable).
+        Raises :class:`IntegrityError` if the token fails verification; the context then refuses every later
+        record and message, as after a rejected record (:meth:`unprotect`).
         """
         if self._protection_level is None:
             raise LocalProtocolError("cannot unwrap a message before the security context is established")
+        if self._rejected is not None:
+            raise _refusal(self._rejected)
         try:
-            return records.unwrap_message(self._ctx, token)
+            return records.unwrap_message(self._ctx, token, self._fast)
         except Exception as exc:
-            raise IntegrityError(f"the peer's wrapped message failed verification: {pyspnego_text(exc)}") from exc
+            error = IntegrityError(f"the peer's wrapped message failed verification: {pyspnego_text(exc)}")
+            self._reject(error)
+            raise error from exc
 
     def select_protection_level(self, level: ProtectionLevel | str) -> None:
         """Protect the records from now on at ``level``, which both sides agreed out of band.
@@ -280,6 +312,18 @@ class SecurityContext:
         if self._protection_level is None:
             raise LocalProtocolError("the protection level is known only after the handshake completes")
         return self._protection_level
+
+    @property
+    def record_path(self) -> RecordPath:
+        """Which code protects this context's records: ``"fast"``, ``"pyspnego"`` or ``"none"``.
+
+        ``"fast"``: NTLM records (and :meth:`wrap_message`) run on the library's own cipher; ``"pyspnego"``: on
+        pyspnego (Kerberos, NTLM without Extended Session Security, ``NEGOTIATE_STREAM_NTLM_FAST_PATH=0``, or a
+        refused takeover); ``"none"``: no records, before the handshake completes or at protection level none.
+        """
+        if self._protection_level is None or self._protection_level is ProtectionLevel.NONE:
+            return "none"
+        return "fast" if self._fast is not None else "pyspnego"
 
     @property
     def negotiated_protocol(self) -> str | None:

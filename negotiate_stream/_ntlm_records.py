@@ -3,9 +3,11 @@
 The handshake always stays in pyspnego. Once it is complete, the per-record work - RC4 and HMAC-MD5 - can run
 here instead, on ``cryptography``'s ARC4 and the stdlib's HMAC-MD5, because pyspnego's per-call Python dominates the
 cost of small records (LDAP, RPC). :class:`NTLMRecordCipher` continues *exactly* where pyspnego's context stands:
-the caller hands over the plain values of that state (:class:`NTLMRecordState`: exported session key, negotiated
-flags, role, both sequence numbers and how much RC4 keystream each direction has already used) and every later
-record must be bit-identical to what pyspnego would have produced.
+:func:`negotiate_stream._spnego.ntlm_takeover.take_over` (the one reader of pyspnego's private state, wired into
+:class:`~negotiate_stream._context.SecurityContext`) hands over the plain values of that state
+(:class:`NTLMRecordState`: exported session key, negotiated flags, role, both sequence numbers and how much RC4
+keystream each direction has already used) and every later record must be bit-identical to what pyspnego would have
+produced.
 
 Only NTLM with Extended Session Security and SIGN is covered (what Windows, .NET, Samba and pyspnego negotiate by
 default). Anything else - NTLMv1 without ESS (one RC4 state and one counter shared by both directions, CRC32

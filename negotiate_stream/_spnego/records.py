@@ -2,15 +2,17 @@
 
 Once a pyspnego context is complete, :func:`record_functions` chooses the two functions that protect and
 unprotect each record, so the hot path of :class:`~negotiate_stream._context.SecurityContext` never branches on
-the level or the mechanism. The other helpers read the negotiated flags and sizes off the pyspnego context. The
-functions raise pyspnego's own exceptions (or :class:`~negotiate_stream.errors.IntegrityError`); the caller
+the level or the mechanism. For NTLM they run on our own cipher when :func:`.ntlm_takeover.take_over` moved the
+records off pyspnego (the *fast path*, same bytes on the wire), else on pyspnego. The other helpers read the
+negotiated flags and sizes off the pyspnego context. The functions raise pyspnego's own exceptions (or our
+:class:`~negotiate_stream.errors.IntegrityError` / :class:`~negotiate_stream.errors.ContextExpiredError`); the caller
 translates the former with :mod:`.translate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import spnego
 from spnego import ContextReq
@@ -18,6 +20,9 @@ from spnego._ntlm import NTLMProxy
 
 from .._options import ProtectionLevel
 from ..errors import IntegrityError
+
+if TYPE_CHECKING:
+    from .ntlm_takeover import NTLMFastPath
 
 __all__ = [
     "NTLM_SIGNATURE_SIZE",
@@ -86,24 +91,68 @@ def header_size(ctx: spnego.ContextProxy) -> int:
         return NTLM_SIGNATURE_SIZE
 
 
-def wrap_message(ctx: spnego.ContextProxy, message: bytes, encrypt: bool) -> bytes:
-    """A GSS wrap token for one message outside the record stream (sealed only if ``encrypt``)."""
+def wrap_message(ctx: spnego.ContextProxy, message: bytes, encrypt: bool, fast: NTLMFastPath | None = None) -> bytes:
+    """A GSS wrap token for one message outside the record stream (sealed only if ``encrypt``).
+
+    With ``fast`` (the context's records were taken over) the token comes from its outgoing cipher, which shares
+    the sequence number and keystream with the records: pyspnego's NTLM ``wrap`` seals whatever ``encrypt`` says,
+    so sealing gives the same bytes it would have.
+    """
+    if fast is not None:
+        return fast.outgoing.seal(message)
     return bytes(mechanism(ctx).wrap(message, encrypt).data)
 
 
-def unwrap_message(ctx: spnego.ContextProxy, token: bytes) -> bytes:
-    """Verify (and decrypt, if sealed) one wrap token; returns the message."""
+def unwrap_message(ctx: spnego.ContextProxy, token: bytes, fast: NTLMFastPath | None = None) -> bytes:
+    """Verify (and decrypt, if sealed) one wrap token; returns the message (on ``fast``'s incoming cipher if given)."""
+    if fast is not None:
+        return fast.incoming.unseal(token)
     return bytes(mechanism(ctx).unwrap(token).data)
 
 
+def _fast_functions(
+    fast: NTLMFastPath, level: ProtectionLevel, *, ntlm_sign_layout: bool
+) -> tuple[RecordFunction, RecordFunction]:
+    """``(protect, unprotect)`` on the taken-over NTLM ciphers: the same layouts and bytes as the pyspnego ones."""
+    if level is ProtectionLevel.SIGN and ntlm_sign_layout:
+        sign, verify = fast.outgoing.sign, fast.incoming.verify
+
+        def protect(data: Buffer) -> bytes:
+            return sign(data) + data
+
+        def unprotect(payload: Buffer) -> bytes:
+            if len(payload) < NTLM_SIGNATURE_SIZE:  # the same refusal (and message) as the pyspnego path's
+                raise IntegrityError("signed record shorter than its 16-byte NTLM signature")
+            with memoryview(payload) as view:
+                data = view[NTLM_SIGNATURE_SIZE:]
+                verify(data, view[:NTLM_SIGNATURE_SIZE])
+                return bytes(data)  # the one copy: the caller's buffer is reused after this call
+
+        return protect, unprotect
+
+    # ENCRYPT_AND_SIGN, and SIGN with ntlm_seal_sign_only: pyspnego's wrap() seals in both cases. The cipher's
+    # methods are the record functions themselves (no wrapper call per record). After a failure the incoming
+    # cipher would raise BrokenStreamError, but SecurityContext never calls it again (its refusals are sticky).
+    return fast.outgoing.seal, fast.incoming.unseal
+
+
 def record_functions(
-    ctx: spnego.ContextProxy, level: ProtectionLevel, *, ntlm_sign_layout: bool
+    ctx: spnego.ContextProxy,
+    level: ProtectionLevel,
+    *,
+    ntlm_sign_layout: bool,
+    fast: NTLMFastPath | None = None,
 ) -> tuple[RecordFunction, RecordFunction] | None:
     """``(protect, unprotect)`` for records at ``level`` on the complete context; ``None`` at level NONE.
 
     ``ntlm_sign_layout`` selects, at level SIGN, the Windows NTLM sign-only layout (16-byte signature + plaintext)
-    instead of a wrap token; the caller sets it for NTLM unless the peer seals at Sign (gss-ntlmssp).
+    instead of a wrap token; the caller sets it for NTLM unless the peer seals at Sign (gss-ntlmssp). ``fast`` is
+    the context's taken-over NTLM ciphers, if any (:func:`.ntlm_takeover.take_over`): then they do the records.
     """
+    if level is ProtectionLevel.NONE:
+        return None
+    if fast is not None:
+        return _fast_functions(fast, level, ntlm_sign_layout=ntlm_sign_layout)
     inner = mechanism(ctx)
     # pyspnego's own NTLM code (RC4 and HMAC from cryptography/hashlib) reads any buffer, so records go in as
     # memoryviews of the caller's buffers, uncopied; python-gssapi (Kerberos) takes bytes only.

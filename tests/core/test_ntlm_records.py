@@ -1,10 +1,10 @@
 """Bit-exact differential tests of the NTLM record fast path (negotiate_stream._ntlm_records) against pyspnego.
 
 Every case runs a real pyspnego NTLM handshake (raw NTLM or SPNEGO), reads each side's record state with
-:func:`tests.support.ntlm.ntlm_record_state` and builds our cipher next to pyspnego's context on both sides. From
-then on the two twins of a side are fed the same calls: every sealed record and every signature must be equal
-byte for byte, and each receiver (pyspnego's and ours) must accept the other's records. Key sizes 128/56/40 bits
-come from the client's NEGOTIATE_MESSAGE with NEGOTIATE_128/56 cleared, KEY_EXCH off likewise.
+:func:`negotiate_stream._spnego.ntlm_takeover.ntlm_record_state` and builds our cipher next to pyspnego's context
+on both sides. From then on the two twins of a side are fed the same calls: every sealed record and every
+signature must be equal byte for byte, and each receiver (pyspnego's and ours) must accept the other's records. Key
+sizes 128/56/40 bits come from the client's NEGOTIATE_MESSAGE with NEGOTIATE_128/56 cleared, KEY_EXCH off likewise.
 """
 
 from __future__ import annotations
@@ -244,6 +244,29 @@ def test_takeover_after_pyspnego_records_continues_keystream(ntlm_users: NTLMUse
     for message in MESSAGES:
         session.seal(False, message)
         session.sign(True, message)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_refused_read_gives_the_probed_keystream_back(ntlm_users: NTLMUsers, protocol: str) -> None:
+    """A keystream position beyond the search limit refuses the state after probing; pyspnego stays in step."""
+    client, server = handshaken_pair(ntlm_users, protocol)
+    for message in MESSAGES:
+        assert server.unwrap(client.wrap(message).data).data == message
+    assert ntlm_record_state(client, search_limit=8) is None
+    assert ntlm_record_state(server, search_limit=8) is None
+    for message in MESSAGES:  # the probes were given back: pyspnego's records are still accepted both ways
+        assert server.unwrap(client.wrap(message).data).data == message
+        assert client.unwrap(server.wrap(message[::-1]).data).data == message[::-1]
+        client.verify(message, server.sign(message))
+    client_state, server_state = ntlm_record_state(client), ntlm_record_state(server)
+    assert client_state is not None and server_state is not None
+    sent = sum(len(m) + 8 for m in MESSAGES)
+    assert (client_state.keystream_out, client_state.keystream_in) == (2 * sent, sent + 8 * len(MESSAGES))
+    assert (server_state.keystream_in, server_state.keystream_out) == (2 * sent, sent + 8 * len(MESSAGES))
+    session = Session(Side(client, NTLMRecordCipher(client_state)), Side(server, NTLMRecordCipher(server_state)))
+    for message in MESSAGES:  # and reading twice (probing twice) still leaves both twins byte-identical
+        session.seal(True, message)
+        session.sign(False, message)
 
 
 # --- differential: random interleavings -------------------------------------------------------------------------
