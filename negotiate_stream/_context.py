@@ -165,7 +165,7 @@ class SecurityContext:
             with acceptor_environment(self._credentials if self.is_server else None):
                 out = self._ctx.step(in_token)
         except Exception as exc:  # pyspnego raises SpnegoError, ValueError, struct.error... on bad tokens
-            raise handshake_error(deferred_gss_error(self._ctx) or exc, self.is_server) from exc
+            raise handshake_error(deferred_gss_error(self._ctx) or exc, self.is_server, token=in_token) from exc
         if not self.allow_ntlm_fallback and self.negotiated_protocol == "ntlm":
             raise AuthenticationError(
                 "the peer offered only NTLM but NTLM fallback is disabled (allow_ntlm_fallback=False); "

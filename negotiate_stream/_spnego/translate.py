@@ -8,7 +8,6 @@ what to do. The status codes mirror what SSPI (and therefore .NET) reports for t
 from __future__ import annotations
 
 import struct
-from types import TracebackType
 
 import spnego
 import spnego.exceptions as spnego_errors
@@ -159,24 +158,6 @@ def token_kind(token: bytes) -> str | None:
     return _MECHANISM_OIDS.get(token[start : start + 2 + oid_size])
 
 
-def _step_input(exc: BaseException) -> bytes | None:
-    """The ``in_token`` argument of the outermost pyspnego ``step()`` on the traceback of ``exc``, if there is one.
-
-    pyspnego's exceptions do not carry the token they failed on, but the traceback of one raised by a step runs
-    through the proxy's public ``ContextProxy.step(in_token)`` (SPNEGO, NTLM or GSSAPI), whose frame still holds
-    the token exactly as the peer sent it (deeper frames may have replaced it with a parsed object). A translated
-    deferred GSSAPI error has no traceback: ``None``.
-    """
-    traceback: TracebackType | None = exc.__traceback__
-    while traceback is not None:
-        frame = traceback.tb_frame
-        if frame.f_code.co_name == "step" and str(frame.f_globals.get("__name__", "")).startswith("spnego."):
-            token = frame.f_locals.get("in_token")
-            return bytes(token) if isinstance(token, bytes | bytearray | memoryview) else None
-        traceback = traceback.tb_next
-    return None
-
-
 def _not_negotiate(token: bytes, whose: str) -> MalformedTokenError:
     size = f"{len(token)} byte{'' if len(token) == 1 else 's'}"
     return MalformedTokenError(
@@ -188,14 +169,11 @@ def _not_negotiate(token: bytes, whose: str) -> MalformedTokenError:
 def handshake_error(exc: BaseException, server_side: bool, token: bytes | None = None) -> NegotiateError:
     """Translate a pyspnego (or token parser) failure during a handshake step.
 
-    ``token`` is the peer's token the failed step was given; when it is ``None`` it is read off the traceback of
-    ``exc`` (see :func:`_step_input`). It tells a token that is no Negotiate message at all from a real one that
-    failed, which pyspnego's exception alone cannot: pyspnego reads every token that is neither SPNEGO nor NTLM as
-    a Kerberos token, so garbage fails wherever Kerberos fails (no python-gssapi, no keytab), and that error would
-    send the operator to the keytab.
+    ``token`` is the peer's token the failed step was given (``None`` for a client's first step). It tells a token
+    that is no Negotiate message at all from a real one that failed, which pyspnego's exception alone cannot:
+    pyspnego reads every token that is neither SPNEGO nor NTLM as a Kerberos token, so garbage fails wherever
+    Kerberos fails (no python-gssapi, no keytab), and that error would send the operator to the keytab.
     """
-    if token is None:
-        token = _step_input(exc)
     whose = "the client's" if server_side else "the server's"
     kind = token_kind(token) if token is not None else None
     if token is not None and kind is None:
