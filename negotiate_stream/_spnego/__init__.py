@@ -8,6 +8,9 @@ upgrade of pyspnego is checked in one place:
 - :mod:`.translate` holds the tables that turn pyspnego (and krb5) exceptions into :mod:`negotiate_stream.errors`.
 - :mod:`.environment` swaps ``NTLM_USER_FILE`` / ``KRB5_KTNAME`` into the environment around acceptor calls.
 - :mod:`.records` picks the per-record protect / unprotect functions for the negotiated mechanism and level.
+- :mod:`.ntlm_takeover` hands an NTLM context's record state (keys, sequence numbers, keystream position) after
+  the handshake to the fast record path (:mod:`negotiate_stream._ntlm_records`), or refuses and leaves pyspnego
+  untouched; ``NEGOTIATE_STREAM_NTLM_FAST_PATH=0`` keeps every record in pyspnego.
 - :mod:`.ntlm_users` writes the NTLM acceptor's account file (:func:`write_ntlm_user_file`).
 
 :class:`negotiate_stream._context.SecurityContext` is built on these modules and imports nothing from pyspnego
