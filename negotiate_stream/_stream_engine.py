@@ -45,16 +45,25 @@ from typing import TYPE_CHECKING
 from ._connection import Connection
 from ._events import NEED_DATA, Data, EndOfStream, HandshakeComplete, SessionInfo, State
 from ._framing import nns
-from .errors import BrokenStreamError, LocalProtocolError, StreamClosedError
+from .errors import (
+    BrokenStreamError,
+    ConnectionLostError,
+    LocalProtocolError,
+    StreamClosedError,
+    TruncatedStreamError,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["RECORDS_PER_WRITE", "StreamEngine", "error_frame", "handshake_step"]
+__all__ = ["PEER_LOSS_ERRORS", "RECORDS_PER_WRITE", "StreamEngine", "error_frame", "handshake_step", "peer_lost"]
 
 #: Records protected per transport write: large enough to amortise the write, small enough that a huge send does
 #: not hold a second full copy of its data in memory.
 RECORDS_PER_WRITE = 16
+
+#: OS errors that mean the peer went away (a reset, a broken pipe, an abort): :func:`peer_lost` types them.
+PEER_LOSS_ERRORS: tuple[type[OSError], ...] = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 def handshake_step(connection: Connection) -> SessionInfo | None:
@@ -81,6 +90,34 @@ def error_frame(connection: Connection) -> bytes:
     timeout the queue may hold an ordinary handshake message, which would only mislead the peer.
     """
     return connection.data_to_send() if connection.state is State.BROKEN else b""
+
+
+def peer_lost(exc: BaseException, *, handshake: bool = False, buffered: int = 0) -> ConnectionLostError:
+    """The typed error for a transport error ``exc`` of :data:`PEER_LOSS_ERRORS`; raise it ``from exc``.
+
+    ``exc`` may also be anyio's ``BrokenResourceError``, which the anyio adapter gets for a reset or broken pipe.
+    :class:`TruncatedStreamError` during the ``handshake`` or with ``buffered`` bytes of a record received (the
+    Connection's :attr:`~._connection.Connection.buffered`; pass 0 when sending), else :class:`ConnectionLostError`.
+    The type never depends on whether the peer's close came as a FIN (an EOF, which the Connection reports the
+    same way) or as an RST. The adapter still marks the stream broken (:meth:`StreamEngine.read_failed` /
+    :meth:`~StreamEngine.write_failed`) with the returned error.
+    """
+    what = f"{type(exc).__name__}: {exc}"
+    error: ConnectionLostError
+    if handshake:
+        error = TruncatedStreamError(
+            f"the peer reset the connection during the handshake ({what}): it probably rejected our "
+            "authentication without sending an error (check credentials and protection level)"
+        )
+    elif buffered:
+        error = TruncatedStreamError(
+            f"the peer reset the connection in the middle of a record ({buffered} bytes of it received, {what}): "
+            "the data was truncated"
+        )
+    else:
+        error = ConnectionLostError(f"the peer reset or closed the connection ({what}): open a new connection")
+    error.__cause__ = exc
+    return error
 
 
 class StreamEngine:

@@ -15,12 +15,18 @@ directions also take ONE shared lock around every protect/unprotect step. It is 
 a reader blocked on the socket must not stop the writer from sending the request it waits the reply to. Such a
 session must be half-duplex on the wire as well (see :class:`~negotiate_stream.Connection`).
 
-Timeouts come from the socket (``settimeout``) and raise :class:`TimeoutError` (``socket.timeout``). A timeout
-while reading loses nothing: the bytes of a partly received record stay in the Connection's buffer, so the next
-``recv`` continues correctly. A timeout while writing may have sent part of a record, so it breaks the stream.
-Errors are sticky: after any failure every later call raises :class:`BrokenStreamError` chained to it.
-Buffering, chunked sends and those checks live in the shared :mod:`._stream_engine`; this module adds the blocking
-calls, the locks and the socket's timeout rules.
+The handshake has a deadline, ``handshake_timeout`` (30 s by default, ``None``: none), over the whole exchange,
+as on asyncio and anyio: a peer that drips bytes slower than that is cut off with :class:`HandshakeTimeoutError`
+however short each read is (see :mod:`._blocking_handshake`). After the handshake, timeouts come from the socket
+(``settimeout``) and raise :class:`TimeoutError` (``socket.timeout``). A timeout while reading loses nothing: the
+bytes of a partly received record stay in the Connection's buffer, so the next ``recv`` continues correctly. A
+timeout while writing may have sent part of a record, so it breaks the stream.
+
+A peer that goes away is typed: a reset, broken pipe or EOF during the handshake or inside a record raises
+:class:`TruncatedStreamError`; a reset or broken pipe at a record boundary or while sending raises its parent
+:class:`ConnectionLostError`; the OS error is the ``__cause__``. Errors are sticky: after any failure every later
+call raises :class:`BrokenStreamError` chained to it. Buffering, chunked sends and those checks live in the
+shared :mod:`._stream_engine`; this module adds the blocking calls, the locks and the socket's timeout rules.
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._blocking_handshake import HandshakeDeadline, kerberos_may_run, run_handshake
 from ._connection import Connection
 from ._context import ProtectionLevel, SecurityContext
 from ._events import SessionInfo
-from ._options import RECEIVE_SIZE
-from ._stream_engine import StreamEngine, error_frame, handshake_step
+from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
+from ._stream_engine import PEER_LOSS_ERRORS, StreamEngine, peer_lost
 from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError
 
 if TYPE_CHECKING:
@@ -43,7 +50,7 @@ if TYPE_CHECKING:
 
     from ._context import ContextOptions
 
-__all__ = ["NegotiateSocket", "SocketLike", "create_connection"]
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "NegotiateSocket", "SocketLike", "create_connection"]
 
 # Errors after which a read can simply be retried: the socket consumed nothing.
 _RETRYABLE_READ_ERRORS = (TimeoutError, BlockingIOError, InterruptedError)
@@ -80,64 +87,80 @@ class NegotiateSocket:
 
     @classmethod
     def client(
-        cls, sock: SocketLike, *, context: SecurityContext | None = None, **options: Unpack[ContextOptions]
+        cls,
+        sock: SocketLike,
+        *,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        context: SecurityContext | None = None,
+        **options: Unpack[ContextOptions],
     ) -> NegotiateSocket:
         """Authenticate to the server on the connected ``sock`` and return the protected socket.
 
-        ``options`` build the :class:`SecurityContext` unless ``context`` is given. The socket's timeout bounds
-        each handshake read. On failure the MS-NNS Error frame (if any) is sent, ``sock`` is closed and the
-        typed error raised: :class:`AuthenticationError` (:class:`HandshakeError` when the server rejected us),
-        :class:`HandshakeTimeoutError`, :class:`TruncatedStreamError`, another :class:`RemoteProtocolError`.
+        ``options`` build the :class:`SecurityContext` unless ``context`` is given. The whole handshake must end
+        within ``handshake_timeout`` seconds (``None``: no limit); the socket's own timeout, if shorter, still
+        bounds each read and write, and is restored afterwards. A ``sock`` without ``settimeout``/``gettimeout``
+        is checked against the deadline between calls only (a silent peer blocks as long as its ``recv`` does).
+        On failure the MS-NNS Error frame (if any) is sent, ``sock`` is closed and the typed error raised:
+        :class:`AuthenticationError` (:class:`HandshakeError` when the server rejected us),
+        :class:`HandshakeTimeoutError`, :class:`TruncatedStreamError` (the peer closed or reset the connection),
+        another :class:`RemoteProtocolError`.
         """
-        return cls._open(sock, context or SecurityContext.create(False, **options))
+        return cls._open(sock, False, handshake_timeout, context, options)
 
     @classmethod
     def server(
-        cls, sock: SocketLike, *, context: SecurityContext | None = None, **options: Unpack[ContextOptions]
+        cls,
+        sock: SocketLike,
+        *,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        context: SecurityContext | None = None,
+        **options: Unpack[ContextOptions],
     ) -> NegotiateSocket:
         """Authenticate the client on the connected ``sock`` and return the protected socket.
 
-        Fails like :meth:`client`; a rejected client gets an MS-NNS Error frame before ``sock`` is closed.
+        Fails like :meth:`client`, with the same ``handshake_timeout``: a client that sends its handshake slowly
+        (a byte at a time) is cut off at the deadline. A rejected client gets an MS-NNS Error frame before
+        ``sock`` is closed.
         """
-        return cls._open(sock, context or SecurityContext.create(True, **options))
+        return cls._open(sock, True, handshake_timeout, context, options)
 
     @classmethod
-    def _open(cls, sock: SocketLike, context: SecurityContext) -> NegotiateSocket:
+    def _open(
+        cls,
+        sock: SocketLike,
+        server_side: bool,
+        handshake_timeout: float | None,
+        context: SecurityContext | None,
+        options: ContextOptions,
+    ) -> NegotiateSocket:
+        deadline = HandshakeDeadline(sock, handshake_timeout)
         try:
-            self = cls(sock, Connection(context))
-            self._handshake()
+            try:
+                kerberos = kerberos_may_run(
+                    context.requested_protocol if context is not None else options.get("protocol", "negotiate")
+                )
+                # A client Connection takes its first step at once, and creating a Kerberos context with a
+                # password runs a kinit: both may wait on a KDC, so both run under the deadline.
+                conn = deadline.step(
+                    lambda: Connection(context or SecurityContext.create(server_side, **options)), may_block=kerberos
+                )
+                info = run_handshake(sock, conn, deadline, kerberos=kerberos)
+            finally:
+                deadline.restore()
         except TimeoutError as exc:
             _close_quietly(sock)
             if isinstance(exc, NegotiateError):
                 raise
-            raise HandshakeTimeoutError(
-                "the handshake did not complete within the socket's timeout: the peer is slow, silent or does not "
-                "speak MS-NNS; raise the timeout (settimeout) or check the peer"
+            raise HandshakeTimeoutError(  # e.g. a kinit that gave up on its own
+                "the handshake timed out: the peer or the KDC is slow, silent or unreachable; check it, or raise "
+                "the timeout"
             ) from exc
         except BaseException:
             _close_quietly(sock)
             raise
-        return self
-
-    def _handshake(self) -> None:
-        conn = self._conn
-        try:
-            while True:
-                self._flush_handshake()
-                info = handshake_step(conn)
-                self._flush_handshake()  # replies, and the server's final HandshakeDone
-                if info is not None:
-                    break
-                self._read_chunk()
-        except NegotiateError:
-            # A handshake failure of ours (bad credentials, garbage, truncation) queues an MS-NNS Error frame
-            # that tells the peer why; failing to deliver it must not hide the real error.
-            with contextlib.suppress(OSError):
-                out = error_frame(conn)
-                if out:
-                    self._sock.sendall(out)
-            raise
+        self = cls(sock, conn)
         self._engine.establish(info)
+        return self
 
     def _flush_handshake(self) -> None:
         out = self._conn.data_to_send()
@@ -150,6 +173,10 @@ class NegotiateSocket:
             chunk = self._sock.recv(RECEIVE_SIZE)
         except _RETRYABLE_READ_ERRORS:
             raise  # nothing was consumed: a later call continues where this one stopped
+        except PEER_LOSS_ERRORS as exc:
+            lost = peer_lost(exc, handshake=self._engine.info is None, buffered=self._conn.buffered)
+            self._engine.read_failed(lost)
+            raise lost from exc
         except BaseException as exc:
             self._engine.read_failed(exc)
             raise
@@ -161,7 +188,8 @@ class NegotiateSocket:
         """Return 1 to ``bufsize`` verified plaintext bytes; ``b""`` once the peer closed at a record boundary.
 
         Raises :class:`TimeoutError` when the socket's timeout expires (the stream stays usable),
-        :class:`TruncatedStreamError` when the peer closed inside a record, :class:`IntegrityError` for a record
+        :class:`TruncatedStreamError` when the peer closed or reset the connection inside a record,
+        :class:`ConnectionLostError` when it reset it at a record boundary, :class:`IntegrityError` for a record
         that fails its check (nothing of it is returned), :class:`BrokenStreamError` after any earlier failure.
         """
         if bufsize < 0:
@@ -192,13 +220,18 @@ class NegotiateSocket:
         """Protect and send all of ``data`` (records of at most ``session_info.sizes.max_message`` bytes).
 
         An empty ``data`` sends nothing. If the socket write fails or times out, part of a record may be out:
-        the error propagates and the stream is broken (later calls raise :class:`BrokenStreamError`). Raises
-        :class:`StreamClosedError` after ``shutdown(SHUT_WR)``.
+        the error propagates (a reset or broken pipe as :class:`ConnectionLostError`) and the stream is broken
+        (later calls raise :class:`BrokenStreamError`). Raises :class:`StreamClosedError` after
+        ``shutdown(SHUT_WR)``.
         """
         with self._send_lock:
             for wire in self._engine.writes(data):
                 try:
                     self._sock.sendall(wire)
+                except PEER_LOSS_ERRORS as exc:
+                    lost = peer_lost(exc)
+                    self._engine.write_failed(lost)
+                    raise lost from exc
                 except BaseException as exc:
                     self._engine.write_failed(exc)  # a timeout too: part of a record may be out
                     raise
@@ -343,14 +376,16 @@ def create_connection(
     address: tuple[str, int],
     *,
     timeout: float | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     context: SecurityContext | None = None,
     **options: Unpack[ContextOptions],
 ) -> NegotiateSocket:
     """Connect over TCP (:func:`socket.create_connection`) and authenticate as a client.
 
-    ``timeout`` bounds the connect and every later blocking call (``None``: block). The target defaults to
-    ``host/<host>``. Raises the connect :class:`OSError` or what :meth:`NegotiateSocket.client` raises.
+    ``timeout`` bounds the connect and every later blocking call (``None``: block); ``handshake_timeout`` bounds
+    the whole handshake after the connect (``None``: no limit). The target defaults to ``host/<host>``. Raises
+    the connect :class:`OSError` or what :meth:`NegotiateSocket.client` raises.
     """
     options.setdefault("target", f"host/{address[0]}")
     sock = socket.create_connection(address, timeout=timeout)
-    return NegotiateSocket.client(sock, context=context, **options)
+    return NegotiateSocket.client(sock, handshake_timeout=handshake_timeout, context=context, **options)

@@ -12,6 +12,7 @@ from negotiate_stream.errors import (
     SEC_E_LOGON_DENIED,
     AuthenticationError,
     BrokenStreamError,
+    ConnectionLostError,
     FramingError,
     HandshakeError,
     HandshakeTimeoutError,
@@ -89,18 +90,20 @@ def test_garbage_during_the_handshake_is_answered_with_an_error_frame(ntlm_users
 
 
 def test_connection_reset_is_sticky(ntlm_users: NTLMUsers) -> None:
-    """A reset surfaces as ConnectionResetError once, then BrokenStreamError: never a silent clean EOF."""
+    """A reset surfaces as ConnectionLostError (cause: ConnectionResetError) once, then BrokenStreamError."""
     with negotiated_sockets(ntlm_users) as (client, server, raw):
         client.sendall(b"before the reset")
         assert recv_exactly(server, 16) == b"before the reset"
         # An abortive close: the server's next read fails with ECONNRESET instead of a clean EOF.
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         raw.close()
-        with pytest.raises(ConnectionResetError):
+        with pytest.raises(ConnectionLostError) as lost:
             server.recv()
+        assert isinstance(lost.value.__cause__, ConnectionResetError)
         with pytest.raises(BrokenStreamError) as broken:  # never a silent b"" (clean EOF) afterwards
             server.recv()
-        assert isinstance(broken.value.__cause__, ConnectionResetError)
+        assert broken.value.__cause__ is lost.value
+        assert isinstance(broken.value.__cause__.__cause__, ConnectionResetError)
 
 
 def test_handshake_timeout_closes_the_socket(ntlm_users: NTLMUsers) -> None:
