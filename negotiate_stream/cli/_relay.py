@@ -32,6 +32,11 @@ class Counters:
         """Add ``n`` bytes to ``down``."""
         self.down += n
 
+    def count_echoed(self, n: int) -> None:
+        """Add ``n`` bytes to both: received from the peer and sent back to it."""
+        self.up += n
+        self.down += n
+
 
 class IdleTimeoutError(TimeoutError):
     """The protected peer delivered no data for ``seconds`` (``serve --idle-timeout``)."""
@@ -72,12 +77,13 @@ async def _pump(
 async def echo(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counters: Counters, idle_timeout: float | None = None
 ) -> None:
-    """Send everything read back to the same peer until EOF, half-close, then close; counts ``counters.up``.
+    """Send everything read back to the same peer until EOF, half-close, then close; counts each byte both ways
+    (``counters.up`` as received, ``counters.down`` as sent back).
 
     With ``idle_timeout`` (seconds), a wait of that long for the next data raises :class:`IdleTimeoutError`.
     """
     try:
-        await _pump(reader, writer, counters.count_up, idle_timeout)
+        await _pump(reader, writer, counters.count_echoed, idle_timeout)
     finally:
         writer.close()
 

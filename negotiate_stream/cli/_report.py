@@ -13,8 +13,9 @@ from typing import IO, Any
 from .. import SessionInfo
 from ..errors import status_name
 from ._errors import describe_error, exit_code_for, root_cause
+from ._relay import Counters
 
-__all__ = ["Reporter", "format_address", "session_fields", "setup_logging"]
+__all__ = ["ConnectionAudit", "Reporter", "format_address", "session_fields", "setup_logging"]
 
 
 class _JSONFormatter(logging.Formatter):
@@ -56,12 +57,12 @@ class Reporter:
             self.human.write(f"{self.command}: {text}\n")
             self.human.flush()
 
-    def failure(self, name: str, prefix: str, exc: BaseException, **fields: Any) -> None:
-        """Report a per-connection failure ``exc`` as event ``name``: ``"<prefix>: <reason> (<ErrorClass>)"``, or
-        its error class, status name, message and the exit code it would map to (all of the root cause, see
+    def failure(self, name: str, prefix: str, exc: BaseException, *, suffix: str = "", **fields: Any) -> None:
+        """Report a per-connection failure ``exc`` as event ``name``: ``"<prefix>: <reason> (<ErrorClass>)<suffix>"``,
+        or its error class, status name, message and the exit code it would map to (all of the root cause, see
         :func:`_error_fields`)."""
         error = _error_fields(exc)
-        self.event(name, f"{prefix}: {error['message']} ({error['error']})", **error, **fields)
+        self.event(name, f"{prefix}: {error['message']} ({error['error']}){suffix}", **error, **fields)
 
     def fatal(self, exc: BaseException) -> int:
         """Report a fatal error in one line; return its exit code."""
@@ -111,3 +112,49 @@ def format_address(address: Any) -> str:
         host = str(address[0])
         return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
     return str(address)
+
+
+@dataclass
+class ConnectionAudit:
+    """What ``serve`` knows about one connection, for its audit fields: filled in as the connection goes.
+
+    Every connection ends with exactly one event carrying :meth:`fields` (the JSON audit record, schema in
+    ``docs/cli.md``) and, in text, ending with :meth:`summary`.
+    """
+
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    identity: str | None = None
+    protocol: str | None = None
+    protection: str | None = None
+    counters: Counters = field(default_factory=Counters)
+
+    def authenticated(self, info: SessionInfo) -> None:
+        """Record the session of a completed handshake."""
+        self.identity = info.peer_identity
+        self.protocol = info.protocol
+        self.protection = info.protection_level.value
+
+    def fields(self, outcome: str) -> dict[str, Any]:
+        """The audit record: who (``identity``, ``peer``), how (``protocol``, ``protection``), how much
+        (``bytes_up`` from the client, ``bytes_down`` to it), how long (``duration_ms`` since the connection was
+        accepted) and how it ended (``outcome``)."""
+        return {
+            "identity": self.identity,
+            "peer": self.peer,
+            "protocol": self.protocol,
+            "protection": self.protection,
+            "bytes_up": self.counters.up,
+            "bytes_down": self.counters.down,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
+            "outcome": outcome,
+        }
+
+    def summary(self, outcome: str) -> str:
+        """The audit record for people, to end the connection's last text line:
+        ``" [ok: DOMAIN\\user, ntlm, encrypt_and_sign, 5 B up, 5 B down, 12.3 ms]"``."""
+        record = self.fields(outcome)
+        who = ", ".join(str(record[key] or "-") for key in ("identity", "protocol", "protection"))
+        return (
+            f" [{outcome}: {who}, {record['bytes_up']} B up, {record['bytes_down']} B down, {record['duration_ms']} ms]"
+        )

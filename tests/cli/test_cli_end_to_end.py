@@ -13,11 +13,12 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from negotiate_stream.testing import NTLMUsers
-from tests.support.cli import CLI, TIMEOUT, USER, client_env, connect_args, run_connect, serve
+from tests.support.cli import TIMEOUT, USER, client_env, connect_args, gateway, run_connect, serve
 
 
 def test_echo_pipes_10_mib_file_back_identical(ntlm_users: NTLMUsers, tmp_path: Path) -> None:
@@ -65,7 +66,7 @@ def test_echo_at_other_protection_levels(ntlm_users: NTLMUsers, protection: str)
     assert f"ntlm, {protection}" in result.stderr.decode()
 
 
-async def _forward_scenario(ntlm_users: NTLMUsers, data: bytes) -> tuple[bytes, list[bytes], str, list[str]]:
+async def _forward_scenario(ntlm_users: NTLMUsers, data: bytes) -> tuple[bytes, list[bytes], str, list[dict[str, Any]]]:
     """A plain asyncio echo service, ``serve --forward`` in front of it, ``connect`` through both."""
     seen: list[bytes] = []
 
@@ -78,48 +79,31 @@ async def _forward_scenario(ntlm_users: NTLMUsers, data: bytes) -> tuple[bytes, 
 
     service = await asyncio.start_server(plain_echo, "127.0.0.1", 0)
     service_port = service.sockets[0].getsockname()[1]
-    gateway = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        f"127.0.0.1:{service_port}",
-        "--users-file",
-        ntlm_users.path,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        assert gateway.stdout is not None
-        listening = json.loads(await gateway.stdout.readline())
-        client = await asyncio.create_subprocess_exec(
-            *connect_args(listening["port"]),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=client_env(ntlm_users.password(USER)),
-        )
-        out, err = await asyncio.wait_for(client.communicate(data), TIMEOUT)
-        assert client.returncode == 0, err.decode()
+        async with gateway(ntlm_users, "--forward", f"127.0.0.1:{service_port}") as running:
+            client = await asyncio.create_subprocess_exec(
+                *connect_args(running.port),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=client_env(ntlm_users.password(USER)),
+            )
+            out, err = await asyncio.wait_for(client.communicate(data), TIMEOUT)
+            assert client.returncode == 0, err.decode()
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        gateway_out, _ = await asyncio.wait_for(gateway.communicate(), TIMEOUT)
         service.close()
         await service.wait_closed()
-    assert gateway.returncode == 0
-    return out, seen, err.decode(), [json.dumps(listening), *gateway_out.decode().splitlines()]
+    assert running.returncode == 0
+    return out, seen, err.decode(), running.events
 
 
 def test_forward_to_plain_tcp_service(ntlm_users: NTLMUsers) -> None:
     """``serve --forward`` relays plaintext and half-closes both ways to a plain TCP service."""
     data = os.urandom(300_000)
-    out, seen, client_stderr, gateway_lines = asyncio.run(_forward_scenario(ntlm_users, data))
+    out, seen, client_stderr, events = asyncio.run(_forward_scenario(ntlm_users, data))
     assert seen == [data]  # the plain service got the plaintext, half-close included
     assert out == data[::-1]  # and its answer came back through the protected hop
     assert "authenticated to 127.0.0.1" in client_stderr
-    events = [json.loads(line) for line in gateway_lines]
     assert [e["event"] for e in events] == ["listening", "handshake", "closed", "stopped"]
     assert events[0]["mode"] == "forward"
     assert events[2]["bytes_received"] == len(data)

@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 import io
 import json
-import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -22,7 +22,7 @@ from negotiate_stream.cli._report import Reporter
 from negotiate_stream.errors import SEC_E_INVALID_TOKEN, BrokenStreamError, IntegrityError
 from negotiate_stream.testing import NTLMUsers
 from tests.support.aio import run
-from tests.support.cli import CLI, TIMEOUT, USER, authenticated_client, serve
+from tests.support.cli import USER, authenticated_client, gateway, serve
 
 
 async def _stall_mid_record(port: int, users: NTLMUsers) -> tuple[bytes, float]:
@@ -84,7 +84,7 @@ def test_idle_timeout_zero_keeps_a_stalled_client(ntlm_users: NTLMUsers) -> None
     assert server.events[2]["bytes_received"] == len(message)
 
 
-async def _forward_idle_scenario(users: NTLMUsers) -> tuple[bytes, list[bytes], list[dict[str, object]]]:
+async def _forward_idle_scenario(users: NTLMUsers) -> tuple[bytes, list[bytes], list[dict[str, Any]]]:
     """``serve --forward --idle-timeout 1`` in front of a service that writes a line every 0.2 s; the client sends
     one record, then half of one, then only listens. Returns what the client received, what the service got, and
     the gateway's events."""
@@ -106,38 +106,20 @@ async def _forward_idle_scenario(users: NTLMUsers) -> tuple[bytes, list[bytes], 
 
     service = await asyncio.start_server(ticking_service, "127.0.0.1", 0)
     service_port = service.sockets[0].getsockname()[1]
-    gateway = await asyncio.create_subprocess_exec(
-        *CLI,
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--forward",
-        f"127.0.0.1:{service_port}",
-        "--idle-timeout",
-        "1",
-        "--users-file",
-        users.path,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        assert gateway.stdout is not None
-        listening = json.loads(await gateway.stdout.readline())
-        peer = await authenticated_client(listening["port"], users)
-        complete = peer.connection.send(b"hello")
-        partial = peer.connection.send(b"never completed")  # after "hello": records carry sequence numbers
-        peer.writer.write(complete + partial[:8])
-        await peer.writer.drain()
-        received = await peer.receive(1 << 20)  # everything until the gateway closes
-        peer.writer.close()
+        async with gateway(users, "--forward", f"127.0.0.1:{service_port}", "--idle-timeout", "1") as running:
+            peer = await authenticated_client(running.port, users)
+            complete = peer.connection.send(b"hello")
+            partial = peer.connection.send(b"never completed")  # after "hello": records carry sequence numbers
+            peer.writer.write(complete + partial[:8])
+            await peer.writer.drain()
+            received = await peer.receive(1 << 20)  # everything until the gateway closes
+            peer.writer.close()
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        out, _ = await asyncio.wait_for(gateway.communicate(), TIMEOUT)
         service.close()
         await service.wait_closed()
-    assert gateway.returncode == 0
-    return received, seen, [listening, *(json.loads(line) for line in out.decode().splitlines())]
+    assert running.returncode == 0
+    return received, seen, running.events
 
 
 def test_forward_idle_timeout_counts_only_the_clients_data(ntlm_users: NTLMUsers) -> None:

@@ -24,6 +24,10 @@ from tests.support.cli import CLI, TIMEOUT
         (["serve", "--listen", "127.0.0.1:0"], "one of the arguments --echo --forward is required"),
         (["serve", "--listen", "127.0.0.1:0", "--echo", "--idle-timeout", "-1"], "--idle-timeout must be 0"),
         (["serve", "--listen", "127.0.0.1:0", "--echo", "--idle-timeout", "soon"], "argument --idle-timeout"),
+        (["serve", "--listen", "127.0.0.1:0", "--echo", "--proxy-protocol", "v2"], "--proxy-protocol needs --forward"),
+        (["serve", "--listen", "127.0.0.1:0", "--forward", ":9", "--proxy-protocol", "v1"], "invalid choice: 'v1'"),
+        (["serve", "--listen", "127.0.0.1:0", "--echo", "--allow", "alice"], "--allow 'alice': give one identity"),
+        (["serve", "--listen", "127.0.0.1:0", "--echo", "--allow", "EX\\al*"], "* stands only for a whole user"),
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], message: str) -> None:

@@ -10,8 +10,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import IO, Any
 
 from negotiate_stream import Connection, SecurityContext
@@ -125,3 +125,41 @@ async def authenticated_client(port: int, users: NTLMUsers) -> RawPeer:
     peer = RawPeer(reader, writer, Connection(SecurityContext.create(False, **client_options(users))))
     await peer.handshake()
     return peer
+
+
+class Gateway:
+    """A ``serve --json`` subprocess run from an event loop (see :func:`gateway`); once its ``async with`` ended,
+    ``events`` holds all its JSON lines (the ``listening`` one first) and ``returncode`` its exit status."""
+
+    def __init__(self, listening: dict[str, Any]) -> None:
+        self.port = int(listening["port"])
+        self.events: list[dict[str, Any]] = [listening]
+        self.returncode: int | None = None
+
+
+@asynccontextmanager
+async def gateway(users: NTLMUsers, *options: str) -> AsyncIterator[Gateway]:
+    """Run ``serve --json`` on a free loopback port with the accounts of ``users`` and ``options`` (the mode, e.g.
+    ``--forward HOST:PORT``); on exit stop it with SIGTERM and collect its events."""
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--users-file",
+        users.path,
+        "--json",
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        running = Gateway(json.loads(await process.stdout.readline()))
+        yield running
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(process.communicate(), TIMEOUT)
+    running.events += [json.loads(line) for line in out.decode().splitlines()]
+    running.returncode = process.returncode
