@@ -32,6 +32,18 @@ PING_SIZE = 64
 LOCALHOST = "127.0.0.1"
 
 
+#: The unscaled sizes of each field of :class:`BenchConfig`: (quick run, full run).
+_UNSCALED: dict[str, tuple[Any, Any]] = {
+    "bulk_bytes": (32 * MIB, 256 * MIB),
+    "pingpong_rounds": (2_000, 10_000),
+    "handshakes": (50, 300),
+    "concurrent": ((100, 300), (100, 1_000)),
+    "concurrent_bytes": (64 * KIB, 256 * KIB),
+    "growth_bytes": (128 * MIB, 1024 * MIB),
+    "growth_sample_every": (16 * MIB, 128 * MIB),
+}
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """Sizes and counts of one benchmark run; build it with :meth:`create`."""
@@ -60,27 +72,7 @@ class BenchConfig:
         """
         if scale <= 0:
             raise ValueError("scale must be positive")
-        if quick:
-            base = cls(
-                bulk_bytes=32 * MIB,
-                pingpong_rounds=2_000,
-                handshakes=50,
-                concurrent=(100, 300),
-                concurrent_bytes=64 * KIB,
-                growth_bytes=128 * MIB,
-                growth_sample_every=16 * MIB,
-                quick=True,
-            )
-        else:
-            base = cls(
-                bulk_bytes=256 * MIB,
-                pingpong_rounds=10_000,
-                handshakes=300,
-                concurrent=(100, 1_000),
-                concurrent_bytes=256 * KIB,
-                growth_bytes=1024 * MIB,
-                growth_sample_every=128 * MIB,
-            )
+        base = cls(**{field: sizes[0] if quick else sizes[1] for field, sizes in _UNSCALED.items()}, quick=quick)
 
         def writes(nbytes: int) -> int:
             return max(WRITE_SIZE, math.ceil(nbytes * scale / WRITE_SIZE) * WRITE_SIZE)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import functools
 import hmac
 import os
 import struct
@@ -20,8 +19,8 @@ from negotiate_stream import ProtectionLevel, SecurityContext
 from negotiate_stream.testing import NTLMUsers, connection_pair, handshake
 
 from .config import RECORD_PLAINTEXT, WRITE_SIZE
-from .registry import LEVELS, Context, Scenario
-from .results import Result, best_rate, handshake_result, mbps
+from .registry import LEVELS, Context, Scenario, per_level
+from .results import Result, best_rate, handshake_result, mbps, measured_result
 
 __all__ = [
     "crypto_floor",
@@ -82,20 +81,14 @@ def _time_both_ends(
 def _floor_result(
     name: str, level: str, nbytes: int, send_time: float, receive_time: float, verified: bool, **extra: object
 ) -> Result:
-    return Result(
-        name=name,
-        group="floor",
-        kind="crypto",
-        level=level,
-        value=mbps(nbytes, send_time + receive_time),
-        nbytes=nbytes,
-        seconds=send_time + receive_time,
-        verified=verified,
-        extra={
-            "protect_mbps": round(mbps(nbytes, send_time), 1),
-            "unprotect_mbps": round(mbps(nbytes, receive_time), 1),
-            **extra,
-        },
+    seconds = send_time + receive_time
+    figures = {
+        "protect_mbps": round(mbps(nbytes, send_time), 1),
+        "unprotect_mbps": round(mbps(nbytes, receive_time), 1),
+        **extra,
+    }
+    return measured_result(
+        name, "floor", "crypto", level, mbps(nbytes, seconds), seconds, verified, nbytes=nbytes, extra=figures
     )
 
 
@@ -147,17 +140,9 @@ def small_record_floor(ctx: Context) -> Result:
     for _ in range(50):
         once()
     rate, seconds, ok = best_rate(max(300, ctx.config.pingpong_rounds * 2), once)
-    return Result(
-        name="floor.context.sealed-64B",
-        group="floor",
-        kind="crypto-small",
-        unit="messages/s",
-        level="sealed",
-        value=rate,
-        seconds=seconds,
-        verified=ok,
-        extra={"us_per_message": round(1e6 / rate, 2), "note": "protect + unprotect of 64 bytes, both ends"},
-    )
+    figures = {"us_per_message": round(1e6 / rate, 2), "note": "protect + unprotect of 64 bytes, both ends"}
+    name = "floor.context.sealed-64B"
+    return measured_result(name, "floor", "crypto-small", "sealed", rate, seconds, ok, unit="messages/s", extra=figures)
 
 
 def primitives_floor(ctx: Context, level_name: str) -> Result:
@@ -236,18 +221,9 @@ def handshake_step_loop(ctx: Context) -> Result:
 
 def floor_scenarios() -> list[Scenario]:
     """The floors, in report order."""
-    levels = ("sealed", "sign")
     return [
-        *(
-            Scenario(f"floor.context.{lv}", "floor", "crypto", lv, functools.partial(crypto_floor, level_name=lv))
-            for lv in levels
-        ),
-        *(
-            Scenario(
-                f"floor.primitives.{lv}", "floor", "crypto", lv, functools.partial(primitives_floor, level_name=lv)
-            )
-            for lv in levels
-        ),
+        *per_level("floor.context.{level}", "floor", "crypto", crypto_floor),
+        *per_level("floor.primitives.{level}", "floor", "crypto", primitives_floor),
         Scenario("floor.context.sealed-64B", "floor", "crypto-small", "sealed", small_record_floor),
         Scenario("floor.handshake.step-loop", "floor", "handshake", "sealed", handshake_step_loop),
     ]

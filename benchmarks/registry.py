@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import importlib
 import ssl
 from collections.abc import Callable, Iterable
@@ -23,6 +24,7 @@ __all__ = [
     "Unavailable",
     "matches",
     "options",
+    "per_level",
     "require",
     "select",
     "unit_of",
@@ -61,6 +63,16 @@ class Scenario:
     level: str
     run: Callable[[Context], Result]
     isolated: bool = False
+
+
+def per_level(
+    name: str, group: str, kind: str, run: Callable[..., Result], keyword: str = "level_name"
+) -> list[Scenario]:
+    """A sealed and a sign-only scenario: ``{level}`` in ``name`` filled in, ``run`` given the level as ``keyword``."""
+    return [
+        Scenario(name.format(level=level), group, kind, level, functools.partial(run, **{keyword: level}))
+        for level in ("sealed", "sign")
+    ]
 
 
 class Unavailable(Exception):

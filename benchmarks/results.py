@@ -17,6 +17,7 @@ __all__ = [
     "bulk_result",
     "handshake_result",
     "mbps",
+    "measured_result",
     "pingpong_result",
 ]
 
@@ -95,20 +96,29 @@ class PingPongOutcome:
         return self.rounds / self.seconds if self.seconds > 0 else 0.0
 
 
+def measured_result(
+    name: str,
+    group: str,
+    kind: str,
+    level: str,
+    value: float,
+    seconds: float,
+    verified: bool,
+    *,
+    unit: str = "MB/s",
+    nbytes: int = 0,
+    extra: dict[str, Any],
+) -> Result:
+    """A :class:`Result` of a scenario that ran: its headline ``value`` in ``unit``, timing and verification."""
+    return Result(name, group, kind, value, unit, level, nbytes=nbytes, seconds=seconds, verified=verified, extra=extra)
+
+
 def bulk_result(
     name: str, group: str, level: str, outcome: BulkOutcome, *, kind: str = "bulk", **extra: object
 ) -> Result:
     """A bulk :class:`Result` (MB/s) from a measured outcome."""
-    return Result(
-        name=name,
-        group=group,
-        kind=kind,
-        level=level,
-        value=outcome.mbps,
-        nbytes=outcome.nbytes,
-        seconds=outcome.seconds,
-        verified=outcome.verified,
-        extra=dict(extra),
+    return measured_result(
+        name, group, kind, level, outcome.mbps, outcome.seconds, outcome.verified, nbytes=outcome.nbytes, extra=extra
     )
 
 
@@ -116,31 +126,17 @@ def pingpong_result(
     name: str, group: str, level: str, outcome: PingPongOutcome, *, kind: str = "pingpong", **extra: object
 ) -> Result:
     """A ping-pong :class:`Result` (round trips/s) from a measured outcome."""
-    return Result(
-        name=name,
-        group=group,
-        kind=kind,
-        unit="round trips/s",
-        level=level,
-        value=outcome.rate,
-        seconds=outcome.seconds,
-        verified=outcome.verified,
-        extra={"us_per_round_trip": round(outcome.seconds / outcome.rounds * 1e6, 2), **extra},
+    figures = {"us_per_round_trip": round(outcome.seconds / outcome.rounds * 1e6, 2), **extra}
+    return measured_result(
+        name, group, kind, level, outcome.rate, outcome.seconds, outcome.verified, unit="round trips/s", extra=figures
     )
 
 
 def handshake_result(name: str, group: str, rate: float, seconds: float, verified: bool, **extra: object) -> Result:
     """A handshake :class:`Result` (handshakes/s, NTLM sealed) from a measured rate."""
-    return Result(
-        name=name,
-        group=group,
-        kind="handshake",
-        unit="handshakes/s",
-        level="sealed",
-        value=rate,
-        seconds=seconds,
-        verified=verified,
-        extra={"ms_per_handshake": round(1e3 / rate, 3), **extra},
+    figures = {"ms_per_handshake": round(1e3 / rate, 3), **extra}
+    return measured_result(
+        name, group, "handshake", "sealed", rate, seconds, verified, unit="handshakes/s", extra=figures
     )
 
 

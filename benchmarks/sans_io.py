@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 from negotiate_stream import NEED_DATA, Connection, Data, ProtectionLevel
@@ -19,7 +18,7 @@ from negotiate_stream.testing import NTLMUsers, connection_pair, handshake
 
 from .config import LOCALHOST, WRITE_SIZE
 from .protocols import BufferedSink, Source
-from .registry import LEVELS, Context, Scenario
+from .registry import LEVELS, Context, Scenario, per_level
 from .results import BulkOutcome, Result, best_rate, bulk_result, handshake_result
 from .verify import StreamVerifier, pattern_block
 
@@ -120,29 +119,11 @@ def reference_bulk(ctx: Context, level: str) -> Result:
 def in_memory_scenarios() -> list[Scenario]:
     """The in-memory Connection scenarios, in report order."""
     return [
-        *(
-            Scenario(
-                f"ours.connection-in-memory.bulk.{lv}",
-                "ours",
-                "bulk",
-                lv,
-                functools.partial(connection_bulk, level_name=lv),
-            )
-            for lv in ("sealed", "sign")
-        ),
+        *per_level("ours.connection-in-memory.bulk.{level}", "ours", "bulk", connection_bulk),
         Scenario("ours.connection-in-memory.handshake", "ours", "handshake", "sealed", handshake_connection),
     ]
 
 
 def reference_scenarios() -> list[Scenario]:
     """The Connection-behind-a-minimal-Protocol references, in report order."""
-    return [
-        Scenario(
-            f"reference.connection-protocol.bulk.{lv}",
-            "reference",
-            "bulk",
-            lv,
-            functools.partial(reference_bulk, level=lv),
-        )
-        for lv in ("sealed", "sign")
-    ]
+    return per_level("reference.connection-protocol.bulk.{level}", "reference", "bulk", reference_bulk, "level")

@@ -82,42 +82,23 @@ def _memory_targets(report: Report) -> list[Target]:
 def check_targets(report: Report) -> list[Target]:
     """Every target, in report order, judged on ``report``'s ratios and extras."""
     targets: list[Target] = []
-    for level, title in (("sealed", "bulk sealed"), ("sign", "bulk sign-only")):
-        targets += _ratio_targets(
-            report,
-            f"{title} vs crypto floor ({level})",
-            [f"ours.{api}.bulk.{level}" for api in APIS],
-            "floor",
-            at_least=BULK_FLOOR_RATIO,
-        )
-        targets += _ratio_targets(
-            report,
-            f"{title}, two processes, vs one-way crypto floor",
-            [f"ours.{api}.2proc-{mode}.{level}" for mode in ("send", "receive") for api in APIS],
-            "one_way_floor",
-            at_least=BULK_FLOOR_RATIO,
+
+    def ratios(title: str, key: str, names: list[str], **bound: float) -> None:
+        targets.extend(_ratio_targets(report, title, names, key, **bound))
+
+    for level, what in (("sealed", "bulk sealed"), ("sign", "bulk sign-only")):
+        bulk = [f"ours.{api}.bulk.{level}" for api in APIS]
+        ratios(f"{what} vs crypto floor ({level})", "floor", bulk, at_least=BULK_FLOOR_RATIO)
+        two_process = [f"ours.{api}.2proc-{mode}.{level}" for mode in ("send", "receive") for api in APIS]
+        ratios(
+            f"{what}, two processes, vs one-way crypto floor", "one_way_floor", two_process, at_least=BULK_FLOOR_RATIO
         )
     for kind, where in (("2proc-pingpong", ", two processes,"), ("pingpong", "")):
-        targets += _ratio_targets(
-            report,
-            f"64 B ping-pong (sealed){where} vs plain",
-            [f"ours.{api}.{kind}.sealed" for api in APIS],
-            "plain",
-            at_least=PINGPONG_PLAIN_RATIO,
-        )
+        pingpong = [f"ours.{api}.{kind}.sealed" for api in APIS]
+        ratios(f"64 B ping-pong (sealed){where} vs plain", "plain", pingpong, at_least=PINGPONG_PLAIN_RATIO)
     handshakes = ["ours.asyncio-streams.handshake", "ours.asyncio-protocol.handshake"]
-    targets += _ratio_targets(
-        report,
-        "handshake cost vs bare step loop",
-        ["ours.connection-in-memory.handshake", *handshakes],
-        "cost_vs_step_loop",
-        at_most=HANDSHAKE_COST_RATIO,
-    )
-    targets += _ratio_targets(
-        report,
-        "handshake cost without TCP connect + close vs bare step loop",
-        handshakes,
-        "cost_excl_tcp",
-        at_most=HANDSHAKE_COST_RATIO,
-    )
+    in_memory_too = ["ours.connection-in-memory.handshake", *handshakes]
+    ratios("handshake cost vs bare step loop", "cost_vs_step_loop", in_memory_too, at_most=HANDSHAKE_COST_RATIO)
+    without_tcp = "handshake cost without TCP connect + close vs bare step loop"
+    ratios(without_tcp, "cost_excl_tcp", handshakes, at_most=HANDSHAKE_COST_RATIO)
     return targets + _memory_targets(report)

@@ -241,11 +241,8 @@ def test_scenarios_really_log_and_produce_session_keys(users: NTLMUsers, caplog:
             assert_clean(evidence, [leak])
 
 
-@pytest.mark.parametrize("protocol", ["negotiate", "kerberos"])
-def test_context_creation_failures_do_not_leak(caplog: pytest.LogCaptureFixture, protocol: str) -> None:
-    """A client that cannot authenticate at all (no KDC, no NTLM fallback) fails typed, without leaking."""
-    # With python-gssapi this is a Kerberos failure; without the extra it is the typed "Kerberos is not available"
-    # error (KerberosUnavailableError). Either is a NegotiateError, and neither may show the password.
+def _failure_without_a_kdc(caplog: pytest.LogCaptureFixture, protocol: str) -> tuple[NegotiateError, Evidence]:
+    """A client of an unknown realm, with no NTLM fallback, fails typed; its error and the DEBUG logs leak nothing."""
     caplog.set_level(logging.DEBUG)
     evidence = Evidence()
     with pytest.raises(NegotiateError) as info:
@@ -255,25 +252,25 @@ def test_context_creation_failures_do_not_leak(caplog: pytest.LogCaptureFixture,
             allow_ntlm_fallback=False,
         ).step(None)
     evidence.exception(info.value)
-    assert evidence.texts
     assert_clean(evidence, _log_texts(caplog))
+    return info.value, evidence
+
+
+@pytest.mark.parametrize("protocol", ["negotiate", "kerberos"])
+def test_context_creation_failures_do_not_leak(caplog: pytest.LogCaptureFixture, protocol: str) -> None:
+    """A client that cannot authenticate at all (no KDC, no NTLM fallback) fails typed, without leaking."""
+    # With python-gssapi this is a Kerberos failure; without the extra it is the typed "Kerberos is not available"
+    # error (KerberosUnavailableError). Either is a NegotiateError, and neither may show the password.
+    _, evidence = _failure_without_a_kdc(caplog, protocol)
+    assert evidence.texts
 
 
 @requires_gssapi
 @pytest.mark.parametrize("protocol", ["negotiate", "kerberos"])
 def test_kerberos_failure_without_a_kdc_does_not_leak(caplog: pytest.LogCaptureFixture, protocol: str) -> None:
     """With python-gssapi, the failure really comes from Kerberos (no KDC for the realm) and leaks nothing."""
-    caplog.set_level(logging.DEBUG)
-    evidence = Evidence()
-    with pytest.raises(NegotiateError) as info:
-        SecurityContext.client(
-            credentials=Credentials(username="alice", password=PASSWORD, domain="NO-SUCH-REALM.INVALID"),
-            protocol=protocol,  # type: ignore[arg-type]
-            allow_ntlm_fallback=False,
-        ).step(None)
-    assert not isinstance(info.value, KerberosUnavailableError)
-    evidence.exception(info.value)
-    assert_clean(evidence, _log_texts(caplog))
+    error, _ = _failure_without_a_kdc(caplog, protocol)
+    assert not isinstance(error, KerberosUnavailableError)
 
 
 def test_credentials_and_user_file(users: NTLMUsers) -> None:

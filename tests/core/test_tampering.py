@@ -57,10 +57,12 @@ CONFIGS = [
 ]
 
 
+#: ``make_session(level, protocol, no_ess)``: a fresh established (client, server) pair.
+SessionFactory = Callable[[str, str, bool], tuple[Connection, Connection]]
+
+
 @pytest.fixture
-def make_session(
-    ntlm_users: NTLMUsers, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[str, str, bool], tuple[Connection, Connection]]:
+def make_session(ntlm_users: NTLMUsers, monkeypatch: pytest.MonkeyPatch) -> SessionFactory:
     """A factory of established sessions: ``make(level, protocol, no_ess)``; ``no_ess`` selects NTLMv1."""
 
     def make(level: str, protocol: str, no_ess: bool) -> tuple[Connection, Connection]:
@@ -92,6 +94,17 @@ def deliver(receiver: Connection, wire: bytes, *, eof: bool = True) -> tuple[lis
         return delivered, exc
 
 
+def assert_refused(
+    receiver: Connection, wire: bytes, kind: type[NegotiateError] = IntegrityError, before: list[bytes] | None = None
+) -> NegotiateError:
+    """``wire`` (then EOF) delivers only ``before`` (default: nothing), then ``kind``; ``receiver`` stays broken."""
+    delivered, error = deliver(receiver, wire)
+    assert delivered == (before or [])
+    assert isinstance(error, kind), repr(error)
+    assert_broken_everywhere(receiver, error)
+    return error
+
+
 FLIP_CASES = [
     pytest.param(level, protocol, no_ess, name, id=f"{config.id}-{name}")
     for config in CONFIGS
@@ -103,7 +116,7 @@ FLIP_CASES = [
 @pytest.mark.parametrize(("level", "protocol", "no_ess", "position_class"), FLIP_CASES)
 @pytest.mark.parametrize("direction", ["client->server", "server->client"])
 def test_flipped_bit(
-    make_session: Callable[[str, str, bool], tuple[Connection, Connection]],
+    make_session: SessionFactory,
     level: str,
     protocol: str,
     no_ess: bool,
@@ -153,7 +166,7 @@ ATTACKS = [
 @pytest.mark.parametrize(("level", "protocol", "no_ess"), CONFIGS)
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_record_stream_attacks(
-    make_session: Callable[[str, str, bool], tuple[Connection, Connection]],
+    make_session: SessionFactory,
     level: str,
     protocol: str,
     no_ess: bool,
@@ -198,18 +211,15 @@ def test_record_stream_attacks(
         other_client, _ = make_session(level, protocol, no_ess)
         wire = records[0] + other_client.send(b"record 1") + records[1]
         first_ok = [b"record 0"]
-    delivered, error = deliver(server, wire)
-    assert delivered == first_ok
-    assert isinstance(error, IntegrityError), repr(error)
+    # The other direction of the session is broken too (assert_refused): nothing may be sent on a half-broken stream.
+    error = assert_refused(server, wire, before=first_ok)
     assert isinstance(error, RemoteProtocolError)
-    # The other direction of the session is broken too: nothing may be sent on a half-broken stream.
-    assert_broken_everywhere(server, error)
 
 
 @pytest.mark.parametrize(("level", "protocol", "no_ess"), CONFIGS)
 @pytest.mark.parametrize("cut", [1, 16, len(MESSAGE)])
 def test_truncated_record_reframed(
-    make_session: Callable[[str, str, bool], tuple[Connection, Connection]],
+    make_session: SessionFactory,
     level: str,
     protocol: str,
     no_ess: bool,
@@ -219,51 +229,37 @@ def test_truncated_record_reframed(
     client, server = make_session(level, protocol, no_ess)
     payload = client.send(MESSAGE)[4:-cut]
     forged = len(payload).to_bytes(4, "little") + payload
-    delivered, error = deliver(server, forged + client.send(FOLLOW_UP))
-    assert delivered == []
-    assert isinstance(error, IntegrityError), repr(error)
-    assert_broken_everywhere(server, error)
+    assert_refused(server, forged + client.send(FOLLOW_UP))
 
 
 @pytest.mark.parametrize(("level", "protocol", "no_ess"), CONFIGS)
-def test_truncated_record_at_eof(
-    make_session: Callable[[str, str, bool], tuple[Connection, Connection]], level: str, protocol: str, no_ess: bool
-) -> None:
+def test_truncated_record_at_eof(make_session: SessionFactory, level: str, protocol: str, no_ess: bool) -> None:
     """A record cut short by EOF: the whole record before it arrives, then TruncatedStreamError."""
     client, server = make_session(level, protocol, no_ess)
-    delivered, error = deliver(server, client.send(b"whole") + client.send(MESSAGE)[:-1])
-    assert delivered == [b"whole"]
-    assert isinstance(error, TruncatedStreamError), repr(error)
-    assert_broken_everywhere(server, error)
+    assert_refused(server, client.send(b"whole") + client.send(MESSAGE)[:-1], TruncatedStreamError, [b"whole"])
 
 
 @pytest.mark.parametrize(("level", "protocol", "no_ess"), CONFIGS)
 def test_record_reflected_back_to_its_sender(
-    make_session: Callable[[str, str, bool], tuple[Connection, Connection]], level: str, protocol: str, no_ess: bool
+    make_session: SessionFactory, level: str, protocol: str, no_ess: bool
 ) -> None:
     """A record reflected back to its sender does not verify: the other direction's keys, or a moved counter."""
     # With ESS each direction has its own keys; without ESS the shared keystream and counter have moved on.
     client, _ = make_session(level, protocol, no_ess)
-    delivered, error = deliver(client, client.send(b"reflected"))
-    assert delivered == []
-    assert isinstance(error, IntegrityError), repr(error)
-    assert_broken_everywhere(client, error)
+    assert_refused(client, client.send(b"reflected"))
 
 
 def test_sealed_record_relabelled_as_signed_is_rejected(
-    make_session: Callable[[str, str, bool], tuple[Connection, Connection]],
+    make_session: SessionFactory,
 ) -> None:
     """A sign-only receiver handed a sealed record (ciphertext where plaintext belongs) rejects it."""
     sealed_client, _ = make_session("encrypt_and_sign", "ntlm", False)
     _, signed_server = make_session("sign", "ntlm", False)
-    delivered, error = deliver(signed_server, sealed_client.send(MESSAGE))
-    assert delivered == []
-    assert isinstance(error, IntegrityError), repr(error)
-    assert_broken_everywhere(signed_server, error)
+    assert_refused(signed_server, sealed_client.send(MESSAGE))
 
 
 def test_signed_plaintext_is_visible_but_protected(
-    make_session: Callable[[str, str, bool], tuple[Connection, Connection]],
+    make_session: SessionFactory,
 ) -> None:
     """Editing the readable plaintext of a sign-only record is detected."""
     client, server = make_session("sign", "ntlm", False)

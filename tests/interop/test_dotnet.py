@@ -7,7 +7,10 @@ Each case moves 1 MiB through the peer's echo and checks it byte for byte. NTLM 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -76,6 +79,30 @@ def dotnet_client_args(mechanism: str, level: str, realm: Realm, password: str =
     return args  # Kerberos: the realm's ticket cache (KRB5CCNAME)
 
 
+@contextmanager
+def dotnet_client(dotnet: DotNetPeer, *args: str) -> Iterator[tuple[socket.socket, subprocess.Popen[str]]]:
+    """Our listening socket and a .NET client started against it with ``args``; killed on exit if still running."""
+    with _driver.listener() as listening:
+        client = dotnet.start_client(listening.getsockname()[1], *args)
+        try:
+            yield listening, client
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
+
+
+def refused_by_dotnet_server(dotnet: DotNetPeer, connect: Callable[[int], object]) -> HandshakeError:
+    """``connect(port)`` to a .NET EncryptAndSign echo server raises its HandshakeError; the server logs the failure."""
+    server = dotnet.server("--echo", "--protection", "EncryptAndSign")
+    with pytest.raises(HandshakeError) as caught:
+        connect(server.port)
+    status, log = server.finish()
+    assert status == 1
+    assert "AuthenticationException" in log
+    return caught.value
+
+
 # .NET peer limitations (measured, see scripts/interop/README.md): as a client, Kerberos Sign raises
 # PlatformNotSupportedException (MIT always sets the confidentiality flag) and Kerberos None switches to NTLM.
 OUR_CLIENT_CASES = [
@@ -120,26 +147,18 @@ def test_dotnet_client_our_server_echo(
     dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str, mechanism: str, level: str
 ) -> None:
     """The .NET client and our server echo 1 MiB byte-exact; we report the mechanism, level and client identity."""
-    with _driver.listener() as listening:
-        port = listening.getsockname()[1]
-        client = dotnet.start_client(
-            port, *dotnet_client_args(mechanism, level, realm), "--send-random", str(MIB), "--echo"
-        )
+    args = dotnet_client_args(mechanism, level, realm)
+    with dotnet_client(dotnet, *args, "--send-random", str(MIB), "--echo") as (listening, client):
+        peer = _driver.accept(listening, **server_options(mechanism, level, ntlm_user_file, realm))
         try:
-            peer = _driver.accept(listening, **server_options(mechanism, level, ntlm_user_file, realm))
-            try:
-                assert peer.info.protocol == mechanism
-                assert peer.info.protection_level.value == level
-                expected = f"{NTLM_DOMAIN}\\{NTLM_USER}" if mechanism == "ntlm" else realm.principal
-                assert peer.info.peer_identity == expected
-                assert peer.echo_until_eof() == MIB
-            finally:
-                peer.close()
-            _, log = client.communicate(timeout=60)
+            assert peer.info.protocol == mechanism
+            assert peer.info.protection_level.value == level
+            expected = f"{NTLM_DOMAIN}\\{NTLM_USER}" if mechanism == "ntlm" else realm.principal
+            assert peer.info.peer_identity == expected
+            assert peer.echo_until_eof() == MIB
         finally:
-            if client.poll() is None:
-                client.kill()
-                client.communicate()
+            peer.close()
+        _, log = client.communicate(timeout=60)
     assert client.returncode == 0, log
     assert f"echo ok: {MIB} bytes" in log
     assert f"type={'Kerberos' if mechanism == 'kerberos' else 'NTLM'}" in log
@@ -147,32 +166,20 @@ def test_dotnet_client_our_server_echo(
 
 def test_our_client_wrong_password_gets_dotnet_error(dotnet: DotNetPeer, realm: Realm) -> None:
     """A wrong NTLM password fails our client with the .NET server's E_FAIL HandshakeError."""
-    server = dotnet.server("--echo", "--protection", "EncryptAndSign")
     options = our_options("ntlm", "encrypt_and_sign", realm)
     options["credentials"] = ntlm_credentials("wrong password")
-    with pytest.raises(HandshakeError) as caught:
-        _driver.connect(server.port, **options)
-    assert caught.value.status == E_FAIL  # .NET Core 3.1 on Linux reports a logon failure as E_FAIL
-    status, log = server.finish()
-    assert status == 1
-    assert "AuthenticationException" in log
+    error = refused_by_dotnet_server(dotnet, lambda port: _driver.connect(port, **options))
+    assert error.status == E_FAIL  # .NET Core 3.1 on Linux reports a logon failure as E_FAIL
 
 
 def test_dotnet_client_wrong_password_gets_our_error(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
     """Our server rejects a .NET client's wrong password itself; .NET decodes our Error frame."""
-    with _driver.listener() as listening:
-        port = listening.getsockname()[1]
-        args = dotnet_client_args("ntlm", "encrypt_and_sign", realm, password="wrong password")
-        client = dotnet.start_client(port, *args, "--send", "hello", "--echo")
-        try:
-            with pytest.raises(AuthenticationError) as caught:
-                _driver.accept(listening, **server_options("ntlm", "encrypt_and_sign", ntlm_user_file, realm))
-            assert not isinstance(caught.value, HandshakeError)  # our own verdict, not the peer's
-            _, log = client.communicate(timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.communicate()
+    args = dotnet_client_args("ntlm", "encrypt_and_sign", realm, password="wrong password")
+    with dotnet_client(dotnet, *args, "--send", "hello", "--echo") as (listening, client):
+        with pytest.raises(AuthenticationError) as caught:
+            _driver.accept(listening, **server_options("ntlm", "encrypt_and_sign", ntlm_user_file, realm))
+        assert not isinstance(caught.value, HandshakeError)  # our own verdict, not the peer's
+        _, log = client.communicate(timeout=60)
     assert client.returncode == 1
     # .NET decoded our Error frame into an AuthenticationException (a bare EOF would give an IOException).
     assert "AuthenticationException: Authentication failed on the remote side" in log, log
@@ -180,28 +187,17 @@ def test_dotnet_client_wrong_password_gets_our_error(dotnet: DotNetPeer, realm: 
 
 def test_protection_mismatch_dotnet_server(dotnet: DotNetPeer, realm: Realm) -> None:
     """Our client at Sign against a .NET EncryptAndSign server fails with ERROR_TRUST_FAILURE."""
-    server = dotnet.server("--echo", "--protection", "EncryptAndSign")
-    with pytest.raises(HandshakeError) as caught:
-        _driver.connect(server.port, **our_options("ntlm", "sign", realm))
-    assert caught.value.status == ERROR_TRUST_FAILURE
-    status, log = server.finish()
-    assert status == 1
-    assert "AuthenticationException" in log
+    error = refused_by_dotnet_server(dotnet, lambda port: _driver.connect(port, **our_options("ntlm", "sign", realm)))
+    assert error.status == ERROR_TRUST_FAILURE
 
 
 def test_protection_mismatch_dotnet_client(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
     """A .NET client at Sign gets ProtectionLevelError from our EncryptAndSign server, reported to it as 1790."""
-    with _driver.listener() as listening:
-        port = listening.getsockname()[1]
-        client = dotnet.start_client(port, *dotnet_client_args("ntlm", "sign", realm), "--send", "hello", "--echo")
-        try:
-            with pytest.raises(ProtectionLevelError):
-                _driver.accept(listening, **server_options("ntlm", "encrypt_and_sign", ntlm_user_file, realm))
-            _, log = client.communicate(timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.communicate()
+    args = dotnet_client_args("ntlm", "sign", realm)
+    with dotnet_client(dotnet, *args, "--send", "hello", "--echo") as (listening, client):
+        with pytest.raises(ProtectionLevelError):
+            _driver.accept(listening, **server_options("ntlm", "encrypt_and_sign", ntlm_user_file, realm))
+        _, log = client.communicate(timeout=60)
     assert client.returncode == 1
     # Our Error frame carried ERROR_TRUST_FAILURE (1790), which .NET maps to its protection-level message.
     assert "A remote side security requirement was not fulfilled" in log, log
@@ -234,23 +230,16 @@ def test_dotnet_server_kerberos_with_password(dotnet: DotNetPeer, realm: Realm) 
 
 def run_dotnet_client_against(dotnet: DotNetPeer, server_options: dict[str, Any], *args: str) -> tuple[Any, str]:
     """Run a .NET client against our server; return (our server's exception or info, the client's log)."""
-    with _driver.listener() as listening:
-        port = listening.getsockname()[1]
-        client = dotnet.start_client(port, *args, "--send", "hello", "--echo")
+    with dotnet_client(dotnet, *args, "--send", "hello", "--echo") as (listening, client):
+        listening.settimeout(10)
         try:
-            listening.settimeout(10)
-            try:
-                peer = _driver.accept(listening, **server_options)
-                outcome: Any = peer.info
-                peer.echo_until_eof()
-                peer.close()
-            except (OSError, NegotiateError) as exc:
-                outcome = exc
-            _, log = client.communicate(timeout=60)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.communicate()
+            peer = _driver.accept(listening, **server_options)
+            outcome: Any = peer.info
+            peer.echo_until_eof()
+            peer.close()
+        except (OSError, NegotiateError) as exc:
+            outcome = exc
+        _, log = client.communicate(timeout=60)
     return outcome, log
 
 
@@ -401,14 +390,8 @@ def test_asyncio_wait_closed_after_echo(dotnet: DotNetPeer, realm: Realm) -> Non
 
 def test_asyncio_client_wrong_password(dotnet: DotNetPeer, realm: Realm) -> None:
     """A wrong NTLM password fails asyncio_.open_connection with the .NET server's E_FAIL HandshakeError."""
-    server = dotnet.server("--echo", "--protection", "EncryptAndSign")
     options = our_options("ntlm", "encrypt_and_sign", realm, credentials=ntlm_credentials("wrong password"))
-
-    async def main() -> None:
-        await asyncio_.open_connection("127.0.0.1", server.port, **options)
-
-    with pytest.raises(HandshakeError) as caught:
-        asyncio.run(main())
-    assert caught.value.status == E_FAIL
-    status, log = server.finish()
-    assert status == 1 and "AuthenticationException" in log
+    error = refused_by_dotnet_server(
+        dotnet, lambda port: asyncio.run(asyncio_.open_connection("127.0.0.1", port, **options))
+    )
+    assert error.status == E_FAIL

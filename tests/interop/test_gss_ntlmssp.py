@@ -55,22 +55,12 @@ def gss_acceptor(mech: gssapi.OID, *, bindings: bytes | None = None) -> gssapi.S
     )
 
 
-def gss_client_to_our_server(client: gssapi.SecurityContext, server: SecurityContext) -> None:
-    token = client.step()
-    while token is not None:
-        token = server.step(token)
-        if token is None:
-            break
-        token = client.step(token)
-    assert client.complete and server.complete
-
-
-def our_client_to_gss_server(client: SecurityContext, server: gssapi.SecurityContext) -> None:
+def exchange_tokens(
+    client: gssapi.SecurityContext | SecurityContext, server: gssapi.SecurityContext | SecurityContext
+) -> None:
+    """Step the initiator and the acceptor in turn (python-gssapi's or ours, either way round) until both are done."""
     token = client.step(None)
-    while token is not None:
-        token = server.step(token)
-        if token is None:
-            break
+    while token is not None and (token := server.step(token)) is not None:
         token = client.step(token)
     assert client.complete and server.complete
 
@@ -89,7 +79,7 @@ def test_gss_ntlmssp_client_our_server_sealed(ntlm_mech: gssapi.OID, ntlm_user_f
     """A gss-ntlmssp client authenticates to our NTLM and Negotiate acceptors; sealed records flow both ways."""
     client = gss_initiator(ntlm_mech)
     server = our_server(ntlm_user_file, protocol=protocol)
-    gss_client_to_our_server(client, server)
+    exchange_tokens(client, server)
     assert server.negotiated_protocol == "ntlm"
     assert server.peer_identity == f"{NTLM_DOMAIN}\\{NTLM_USER}"
     assert server.protection_level.value == "encrypt_and_sign"
@@ -113,7 +103,7 @@ def test_gss_spnego_ntlm_client_our_negotiate_server(ntlm_mech: gssapi.OID, ntlm
         flags=SEAL_FLAGS,
     )
     server = our_server(ntlm_user_file)
-    gss_client_to_our_server(client, server)
+    exchange_tokens(client, server)
     assert server.negotiated_protocol == "ntlm"
     assert server.unprotect(client.wrap(b"through spnego", True).message) == b"through spnego"
     assert client.unwrap(server.protect(b"and back")).message == b"and back"
@@ -123,7 +113,7 @@ def test_our_client_gss_ntlmssp_server_sealed(ntlm_mech: gssapi.OID) -> None:
     """Our NTLM client authenticates to gss-ntlmssp's acceptor; sealed records flow both ways."""
     client = our_client()
     server = gss_acceptor(ntlm_mech)
-    our_client_to_gss_server(client, server)
+    exchange_tokens(client, server)
     assert str(server.initiator_name).rstrip("\x00") == f"{NTLM_DOMAIN}\\{NTLM_USER}"
     assert client.protection_level.value == "encrypt_and_sign"
     for index in range(3):
@@ -137,7 +127,7 @@ def test_sign_only_windows_layout_verifies_with_gss_ntlmssp_mic(ntlm_mech: gssap
     """Our default NTLM Sign record (16-byte signature + plaintext, Windows' layout) is a valid MS-NLMP MIC."""
     client = gss_initiator(ntlm_mech, flags=SIGN_FLAGS)
     server = our_server(ntlm_user_file, protection_level="sign")
-    gss_client_to_our_server(client, server)
+    exchange_tokens(client, server)
     assert server.protection_level.value == "sign"
     record = server.protect(b"signed, not sealed")
     signature, plaintext = record[:16], record[16:]
@@ -153,7 +143,7 @@ def test_sign_level_sealed_like_gss_ntlmssp(ntlm_mech: gssapi.OID, ntlm_user_fil
     """gss-ntlmssp's wrap without confidentiality still seals; ``ntlm_seal_sign_only=True`` matches it."""
     client = gss_initiator(ntlm_mech, flags=SIGN_FLAGS)
     server = our_server(ntlm_user_file, protection_level="sign", ntlm_seal_sign_only=True)
-    gss_client_to_our_server(client, server)
+    exchange_tokens(client, server)
     wrapped = client.wrap(b"gss sign level", False)
     assert b"gss sign level" not in wrapped.message  # evidence: sealed although conf was not asked for
     assert server.unprotect(wrapped.message) == b"gss sign level"
@@ -165,7 +155,7 @@ def test_gss_ntlmssp_client_wrong_password(ntlm_mech: gssapi.OID, ntlm_user_file
     client = gss_initiator(ntlm_mech, password="wrong password")
     server = our_server(ntlm_user_file, protocol="ntlm")
     with pytest.raises(AuthenticationError) as caught:
-        gss_client_to_our_server(client, server)
+        exchange_tokens(client, server)
     assert caught.value.status == 0x8009030C  # SEC_E_LOGON_DENIED
 
 
@@ -174,36 +164,36 @@ def test_our_client_wrong_password_rejected_by_gss_ntlmssp(ntlm_mech: gssapi.OID
     client = our_client(password="wrong password")
     server = gss_acceptor(ntlm_mech)
     with pytest.raises(gssapi.exceptions.GSSError):
-        our_client_to_gss_server(client, server)
+        exchange_tokens(client, server)
 
 
 def test_channel_bindings_with_gss_ntlmssp(ntlm_mech: gssapi.OID, ntlm_user_file: str) -> None:
     """Our acceptor accepts gss-ntlmssp's matching channel bindings and raises ChannelBindingError on others."""
     client = gss_initiator(ntlm_mech, bindings=BINDINGS)
     server = our_server(ntlm_user_file, protocol="ntlm", channel_bindings=BINDINGS)
-    gss_client_to_our_server(client, server)
+    exchange_tokens(client, server)
     assert server.complete
 
     client = gss_initiator(ntlm_mech, bindings=b"tls-server-end-point:" + bytes([1]) * 32)
     server = our_server(ntlm_user_file, protocol="ntlm", channel_bindings=BINDINGS)
     with pytest.raises(ChannelBindingError):
-        gss_client_to_our_server(client, server)
+        exchange_tokens(client, server)
 
 
 def test_our_client_channel_bindings_checked_by_gss_ntlmssp(ntlm_mech: gssapi.OID) -> None:
     """gss-ntlmssp's acceptor accepts our client's matching channel bindings and rejects others."""
     client = our_client(channel_bindings=BINDINGS)
-    our_client_to_gss_server(client, gss_acceptor(ntlm_mech, bindings=BINDINGS))
+    exchange_tokens(client, gss_acceptor(ntlm_mech, bindings=BINDINGS))
     client = our_client(channel_bindings=BINDINGS)
     with pytest.raises(gssapi.exceptions.GSSError):
-        our_client_to_gss_server(client, gss_acceptor(ntlm_mech, bindings=b"tls-server-end-point:" + bytes(33)))
+        exchange_tokens(client, gss_acceptor(ntlm_mech, bindings=b"tls-server-end-point:" + bytes(33)))
 
 
 def test_our_client_sign_only_verified_by_gss_ntlmssp(ntlm_mech: gssapi.OID) -> None:
     """Our initiator's sign-only records verify with gss-ntlmssp's acceptor (Samba rejects them: see the LDAP tests)."""
     client = our_client(protection_level="sign")
     server = gss_acceptor(ntlm_mech)
-    our_client_to_gss_server(client, server)
+    exchange_tokens(client, server)
     assert client.protection_level.value == "sign"
     for message in (b"first signed record", b"second"):
         record = client.protect(message)

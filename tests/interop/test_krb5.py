@@ -8,7 +8,6 @@ security-layer negotiation with python-gssapi used directly as the peer.
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 import ssl
@@ -19,10 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from negotiate_stream import channel_bindings, sasl_gssapi
 from negotiate_stream._connection import NEED_DATA, Connection, Data, HandshakeComplete
@@ -37,6 +32,7 @@ from negotiate_stream.errors import (
     ProtectionLevelError,
 )
 from negotiate_stream.sasl_gssapi import SecurityLayer
+from tests.support.ldap import tls_server_context
 
 from . import _driver
 from .conftest import Realm
@@ -366,36 +362,11 @@ def test_bindings_required_only_by_ntlm_acceptor_when_client_sends_none(realm: R
     assert client.info.protocol == "kerberos"
 
 
-def self_signed_certificate(directory: Path) -> tuple[str, str, bytes]:
-    """A throwaway RSA/SHA-256 server certificate: (cert PEM path, key PEM path, DER bytes)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.pem", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path), cert.public_bytes(serialization.Encoding.DER)
-
-
 @pytest.mark.parametrize("protocol", ["kerberos", "ntlm"])
 def test_channel_bindings_over_real_tls(realm: Realm, tmp_path: Path, protocol: str) -> None:
     """Negotiate inside TLS: both sides derive tls-server-end-point from the certificate; a client that sees
     another certificate (a TLS-terminating man in the middle) is refused with ChannelBindingError."""
-    cert_path, key_path, cert_der = self_signed_certificate(tmp_path)
-    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_tls.load_cert_chain(cert_path, key_path)
+    server_tls, cert_der = tls_server_context(tmp_path)  # a throwaway self-signed certificate
     client_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     client_tls.check_hostname = False
     client_tls.verify_mode = ssl.CERT_NONE
@@ -465,6 +436,29 @@ def gssapi_acceptor_credentials(realm: Realm) -> gssapi.Credentials:
     return gssapi.Credentials(usage="accept", store={b"keytab": realm.keytab.encode()})
 
 
+def sasl_accept(sock: socket.socket, context: gssapi.SecurityContext | SecurityContext) -> None:
+    """The acceptor's bind phase (python-gssapi's or ours): step until complete, then take the client's empty
+    response after the last context token (RFC 4752 3.1)."""
+    while not context.complete:
+        send_token(sock, context.step(recv_token(sock)) or b"")
+    recv_token(sock)
+
+
+def sasl_initiate(sock: socket.socket, context: gssapi.SecurityContext | SecurityContext) -> bytes:
+    """The initiator's bind phase (python-gssapi's or ours): step until complete, sending the empty response when
+    the last step has no token (RFC 4752 3.1); return the server's first security-layer message."""
+    token = context.step(None)
+    while True:
+        send_token(sock, token or b"")
+        challenge = recv_token(sock)
+        if context.complete:
+            return challenge
+        token = context.step(challenge)
+        if context.complete and token is None:
+            send_token(sock, b"")
+            return recv_token(sock)
+
+
 def pump(connection: Connection, sock: socket.socket) -> bytes:
     """Receive one Data event's plaintext from ``sock`` through ``connection``."""
     while True:
@@ -484,10 +478,7 @@ def test_sasl_gssapi_our_client_python_gssapi_server(realm: Realm, layer: Securi
 
     def server(sock: socket.socket) -> None:
         context = gssapi.SecurityContext(usage="accept", creds=gssapi_acceptor_credentials(realm))
-        while not context.complete:
-            out = context.step(recv_token(sock))
-            send_token(sock, out or b"")
-        recv_token(sock)  # the client's empty response after the last context token (RFC 4752 3.1)
+        sasl_accept(sock, context)
         # Offer all three layers, max buffer 65536, integrity-only wrap as RFC 4752 requires.
         offer = bytes([7]) + (65536).to_bytes(3, "big")
         send_token(sock, context.wrap(offer, False).message)
@@ -521,17 +512,7 @@ def test_sasl_gssapi_our_client_python_gssapi_server(realm: Realm, layer: Securi
             credentials=Credentials(ccache=realm.ccache),
             protection_level=level,
         )
-        token = context.step(None)
-        while True:
-            send_token(sock, token or b"")
-            challenge = recv_token(sock)
-            if context.complete:
-                break
-            token = context.step(challenge)
-            if context.complete and token is None:
-                send_token(sock, b"")
-                challenge = recv_token(sock)
-                break
+        challenge = sasl_initiate(sock, context)
         reply, negotiated = sasl_gssapi.client_reply(context, challenge, layer=layer, max_buffer=32768)
         send_token(sock, reply)
         assert negotiated.layer == layer and negotiated.peer_max_buffer == 65536
@@ -567,10 +548,7 @@ def test_sasl_gssapi_python_gssapi_client_our_server(realm: Realm, layer: Securi
         context = SecurityContext.server(
             protocol="kerberos", credentials=Credentials(keytab=realm.keytab), protection_level="sign"
         )
-        while not context.complete:
-            out = context.step(recv_token(sock))
-            send_token(sock, out or b"")
-        recv_token(sock)  # empty client response
+        sasl_accept(sock, context)
         send_token(sock, sasl_gssapi.server_offer(context, max_buffer=40000))
         negotiated = sasl_gssapi.server_accept(context, recv_token(sock))
         assert negotiated.peer_max_buffer == 20000 and negotiated.authzid == b"admin"
@@ -587,17 +565,7 @@ def test_sasl_gssapi_python_gssapi_client_our_server(realm: Realm, layer: Securi
             mech=gssapi.MechType.kerberos,
             flags=gssapi.RequirementFlag.integrity | gssapi.RequirementFlag.mutual_authentication,
         )
-        token = context.step()
-        while True:
-            send_token(sock, token or b"")
-            challenge = recv_token(sock)
-            if context.complete:
-                break
-            token = context.step(challenge)
-            if context.complete:
-                send_token(sock, b"")
-                challenge = recv_token(sock)
-                break
+        challenge = sasl_initiate(sock, context)
         offer = context.unwrap(challenge)
         assert offer.encrypted is False
         send_token(sock, context.wrap(bytes([int(layer)]) + (20000).to_bytes(3, "big") + b"admin", False).message)
@@ -616,48 +584,40 @@ def test_sasl_gssapi_python_gssapi_client_our_server(realm: Realm, layer: Securi
     assert encrypted is (layer == SecurityLayer.CONFIDENTIALITY)
 
 
-def test_sasl_gssapi_client_refuses_layer_not_offered(realm: Realm) -> None:
-    """Our SASL GSSAPI client raises ProtectionLevelError when only the no-security layer it cannot use is offered."""
+def _our_client_rejects_offer(realm: Realm, offer: Callable[[Any], bytes], error: type[NegotiateError]) -> None:
+    """A python-gssapi server sends ``offer(its context)`` as the security-layer offer; our client raises ``error``."""
 
     def server(sock: socket.socket) -> None:
         context = gssapi.SecurityContext(usage="accept", creds=gssapi_acceptor_credentials(realm))
-        while not context.complete:
-            send_token(sock, context.step(recv_token(sock)) or b"")
-        recv_token(sock)
-        send_token(sock, context.wrap(bytes([1, 0, 0, 0]), False).message)  # only "no security layer"
-
-    def client(sock: socket.socket) -> None:
-        context = SecurityContext.client(protocol="kerberos", credentials=Credentials(ccache=realm.ccache))
-        token = context.step(None)
-        send_token(sock, token or b"")
-        context.step(recv_token(sock))
-        send_token(sock, b"")
-        with pytest.raises(ProtectionLevelError):
-            sasl_gssapi.client_reply(context, recv_token(sock))
-
-    _, _, error = run_pair(client, server)
-    assert error is None
-
-
-def test_sasl_gssapi_forged_offer_is_an_integrity_error(realm: Realm) -> None:
-    """Our SASL GSSAPI client raises IntegrityError on a tampered security-layer offer."""
-
-    def server(sock: socket.socket) -> None:
-        context = gssapi.SecurityContext(usage="accept", creds=gssapi_acceptor_credentials(realm))
-        while not context.complete:
-            send_token(sock, context.step(recv_token(sock)) or b"")
-        recv_token(sock)
-        token = bytearray(context.wrap(bytes([6, 0, 0x10, 0]), False).message)
-        token[-1] ^= 1
-        send_token(sock, bytes(token))
+        sasl_accept(sock, context)
+        send_token(sock, offer(context))
 
     def client(sock: socket.socket) -> None:
         context = SecurityContext.client(protocol="kerberos", credentials=Credentials(ccache=realm.ccache))
         send_token(sock, context.step(None) or b"")
         context.step(recv_token(sock))
         send_token(sock, b"")
-        with pytest.raises(IntegrityError):
+        with pytest.raises(error):
             sasl_gssapi.client_reply(context, recv_token(sock))
 
-    _, _, error = run_pair(client, server)
-    assert error is None
+    _, _, server_error = run_pair(client, server)
+    assert server_error is None
+
+
+def test_sasl_gssapi_client_refuses_layer_not_offered(realm: Realm) -> None:
+    """Our SASL GSSAPI client raises ProtectionLevelError when only the no-security layer it cannot use is offered."""
+    only_no_security_layer = bytes([1, 0, 0, 0])
+    _our_client_rejects_offer(
+        realm, lambda context: context.wrap(only_no_security_layer, False).message, ProtectionLevelError
+    )
+
+
+def test_sasl_gssapi_forged_offer_is_an_integrity_error(realm: Realm) -> None:
+    """Our SASL GSSAPI client raises IntegrityError on a tampered security-layer offer."""
+
+    def forged(context: Any) -> bytes:
+        token = bytearray(context.wrap(bytes([6, 0, 0x10, 0]), False).message)
+        token[-1] ^= 1
+        return bytes(token)
+
+    _our_client_rejects_offer(realm, forged, IntegrityError)

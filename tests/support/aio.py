@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from negotiate_stream import asyncio_ as nsa
@@ -133,6 +134,45 @@ class Collector(asyncio.Protocol):
     def resume_writing(self) -> None:
         """Count flow-control resumes."""
         self.writing_resumed += 1
+
+
+async def serve_app(users: NTLMUsers, app: asyncio.BaseProtocol, level: str = "encrypt_and_sign") -> asyncio.Server:
+    """A loopback server whose connections all run the one ``app`` under a server-side NegotiateProtocol."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: negotiator(True, app, server_options(users, level)), "127.0.0.1", 0)
+
+
+async def open_client(
+    server: asyncio.AbstractServer, users: NTLMUsers, level: str = "encrypt_and_sign"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``open_connection`` to ``server`` as the first account (see :func:`client_options`)."""
+    return await nsa.open_connection("127.0.0.1", port_of(server), **client_options(users, level))
+
+
+async def connect_app(
+    port: int, users: NTLMUsers, app: asyncio.BaseProtocol, level: str = "encrypt_and_sign"
+) -> nsa.NegotiateProtocol:
+    """Connect to loopback ``port`` with a client-side NegotiateProtocol running ``app``; return that protocol."""
+    protocol = negotiator(False, app, client_options(users, level))
+    await asyncio.get_running_loop().create_connection(lambda: protocol, "127.0.0.1", port)
+    return protocol
+
+
+@asynccontextmanager
+async def writer_to_paused_app(
+    users: NTLMUsers,
+) -> AsyncIterator[tuple[Collector, nsa.NegotiateTransport, asyncio.StreamWriter]]:
+    """A streams client's writer to a :class:`Collector` server app that has paused reading; the server closes on exit.
+
+    Yields (the server's app, its transport, the client's writer).
+    """
+    app = Collector()
+    server = await serve_app(users, app)
+    async with server:
+        _reader, writer = await open_client(server, users)
+        server_transport = await app.made
+        server_transport.pause_reading()
+        yield app, server_transport, writer
 
 
 async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

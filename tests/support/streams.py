@@ -45,6 +45,7 @@ __all__ = [
     "negotiated_sockets",
     "negotiated_streams",
     "plain_pair",
+    "read_frame",
     "receive_all",
     "receive_exactly",
     "recv_all",
@@ -186,19 +187,19 @@ async def wired(
             tg.cancel_scope.cancel()
 
 
+def side_options(
+    users: NTLMUsers, *, level: str = "encrypt_and_sign", client_password: str | None = None, **common: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(client, server) handshake options at ``level``; ``common`` goes to both, ``client_password`` to the client."""
+    return client_options(users, level, password=client_password, **common), {**server_options(users, level), **common}
+
+
 async def handshake_streams(
-    client_end: ByteStream,
-    server_end: ByteStream,
-    users: NTLMUsers,
-    *,
-    level: str = "encrypt_and_sign",
-    client_password: str | None = None,
-    **common: Any,
+    client_end: ByteStream, server_end: ByteStream, users: NTLMUsers, **options: Any
 ) -> tuple[NegotiateStream | Exception, NegotiateStream | Exception]:
-    """Run both handshakes at once; each result is the stream or the exception that side raised."""
+    """Run both handshakes at once (``options``: see :func:`side_options`); each result is the stream or the error."""
     outcome: dict[str, NegotiateStream | Exception] = {}
-    client_kwargs = client_options(users, level, password=client_password, **common)
-    server_kwargs = {**server_options(users, level), **common}
+    client_kwargs, server_kwargs = side_options(users, **options)
 
     async def side(name: str, end: ByteStream, **kwargs: Any) -> None:
         try:
@@ -340,17 +341,10 @@ class Worker(threading.Thread):
 
 
 def handshake_sockets(
-    users: NTLMUsers,
-    client_sock: Any,
-    server_sock: Any,
-    *,
-    level: str = "encrypt_and_sign",
-    client_password: str | None = None,
-    **common: Any,
+    users: NTLMUsers, client_sock: Any, server_sock: Any, **options: Any
 ) -> tuple[NegotiateSocket | Exception, NegotiateSocket | Exception]:
-    """Both handshakes at once, each in a thread; each result is the socket or the exception that side raised."""
-    client_kwargs = client_options(users, level, password=client_password, **common)
-    server_kwargs = {**server_options(users, level), **common}
+    """Both handshakes at once, each in a thread (``options``: see :func:`side_options`); socket or error for each."""
+    client_kwargs, server_kwargs = side_options(users, **options)
     server = Worker(lambda: NegotiateSocket.server(server_sock, **server_kwargs))
     client = Worker(lambda: NegotiateSocket.client(client_sock, **client_kwargs))
     return client.outcome(), server.outcome()
@@ -368,6 +362,18 @@ def negotiated_sockets(
     assert isinstance(server, NegotiateSocket), server
     with client, server:
         yield client, server, client_end
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    """Read one whole MS-NNS handshake message (5-byte header, uint16 BE payload size) off a raw socket."""
+    header = b""
+    while len(header) < 5:
+        header += sock.recv(5 - len(header))
+    size = int.from_bytes(header[3:5], "big")
+    payload = b""
+    while len(payload) < size:
+        payload += sock.recv(size - len(payload))
+    return header + payload
 
 
 def recv_exactly(sock: NegotiateSocket, size: int) -> bytes:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
+from negotiate_stream import errors
 from negotiate_stream.anyio_ import NegotiateStream
-from negotiate_stream.errors import (
-    SEC_E_LOGON_DENIED,
-    AuthenticationError,
-    BrokenStreamError,
-    HandshakeError,
-    HandshakeTimeoutError,
-    IntegrityError,
-    TruncatedStreamError,
-)
 from negotiate_stream.testing import NTLMUsers
 from tests.support.streams import (
     RecordingStream,
@@ -30,6 +24,13 @@ from tests.support.streams import (
 pytestmark = pytest.mark.anyio
 
 
+async def each_raises(error: type[Exception], *calls: Callable[[], Awaitable[object]]) -> None:
+    """Every one of ``calls``, awaited in turn, raises ``error``."""
+    for call in calls:
+        with pytest.raises(error):
+            await call()
+
+
 async def test_wrong_password_fails_both_ends_with_an_error_frame(transport: str, ntlm_users: NTLMUsers) -> None:
     """A wrong password: the client gets the server's HandshakeError frame, the server an AuthenticationError."""
     relay = Relay()
@@ -39,54 +40,45 @@ async def test_wrong_password_fails_both_ends_with_an_error_frame(transport: str
         # Let the relay deliver the server's last bytes and EOF before inspecting the wire.
         with pytest.raises((anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError)):
             await client_end.receive()
-    assert isinstance(client, HandshakeError), client
-    assert client.status == SEC_E_LOGON_DENIED
-    assert isinstance(server, AuthenticationError) and not isinstance(server, HandshakeError), server
+    assert isinstance(client, errors.HandshakeError), client
+    assert client.status == errors.SEC_E_LOGON_DENIED
+    assert isinstance(server, errors.AuthenticationError) and not isinstance(server, errors.HandshakeError), server
     frames = handshake_frames(bytes(relay.wire["to_client"]))
     assert [message_id for message_id, _ in frames] == [0x16, 0x15]
     assert len(frames[-1][1]) == 8
-    assert SEC_E_LOGON_DENIED in {int.from_bytes(frames[-1][1][4:], "big"), int.from_bytes(frames[-1][1][4:], "little")}
+    assert errors.SEC_E_LOGON_DENIED in {
+        int.from_bytes(frames[-1][1][4:], "big"),
+        int.from_bytes(frames[-1][1][4:], "little"),
+    }
     # The server's last write is the whole MS-NNS HandshakeError frame: id 0x15, version 1.0, 8-byte payload.
     assert recorder.sent[-1][:5] == b"\x15\x01\x00\x00\x08"
     assert len(recorder.sent[-1]) == 13
 
 
 @pytest.mark.parametrize("level", ["encrypt_and_sign", "sign"])
-async def test_tampered_record_delivers_nothing_and_breaks_the_stream(
-    transport: str, level: str, ntlm_users: NTLMUsers
+@pytest.mark.parametrize(
+    ("action", "error"),
+    [
+        pytest.param("tamper", errors.IntegrityError, id="tampered-record"),
+        pytest.param("truncate", errors.TruncatedStreamError, id="eof-inside-a-record"),
+    ],
+)
+async def test_damaged_record_delivers_nothing_and_breaks_the_stream(
+    transport: str, level: str, action: str, error: type[Exception], ntlm_users: NTLMUsers
 ) -> None:
-    """One flipped bit: IntegrityError, then BrokenStreamError (caused by it) for every later call."""
+    """A flipped bit (IntegrityError) or EOF mid-record (TruncatedStreamError), then BrokenStreamError caused by it."""
     relay = Relay()
     async with negotiated_streams(transport, ntlm_users, relay, level=level) as (client, server):
         await client.send(b"intact")
         assert await server.receive() == b"intact"
-        relay.action = "tamper"
-        await client.send(b"tampered" * 100)
-        with pytest.raises(IntegrityError):
+        relay.action = action
+        await client.send(b"damaged" * 100)
+        with pytest.raises(error):
             await server.receive()
-        with pytest.raises(BrokenStreamError) as excinfo:
+        with pytest.raises(errors.BrokenStreamError) as broken:
             await server.receive()
-        assert isinstance(excinfo.value.__cause__, IntegrityError)
-        with pytest.raises(BrokenStreamError):
-            await server.send(b"reply")
-        with pytest.raises(BrokenStreamError):
-            await server.send_eof()
-
-
-@pytest.mark.parametrize("level", ["encrypt_and_sign", "sign"])
-async def test_eof_inside_a_record_is_truncation(transport: str, level: str, ntlm_users: NTLMUsers) -> None:
-    """EOF in the middle of a record is TruncatedStreamError, then BrokenStreamError caused by it."""
-    relay = Relay()
-    async with negotiated_streams(transport, ntlm_users, relay, level=level) as (client, server):
-        await client.send(b"whole")
-        assert await server.receive() == b"whole"
-        relay.action = "truncate"
-        await client.send(b"cut short" * 50)
-        with pytest.raises(TruncatedStreamError):
-            await server.receive()
-        with pytest.raises(BrokenStreamError) as broken:
-            await server.receive()
-        assert isinstance(broken.value.__cause__, TruncatedStreamError)
+        assert isinstance(broken.value.__cause__, error)
+        await each_raises(errors.BrokenStreamError, lambda: server.send(b"reply"), server.send_eof)
 
 
 async def test_cancelled_receive_mid_record_keeps_the_stream_usable(transport: str, ntlm_users: NTLMUsers) -> None:
@@ -124,10 +116,7 @@ async def test_cancelled_send_breaks_the_stream(transport: str, ntlm_users: NTLM
                 scope.cancel()
         assert scope.cancelled_caught
         with anyio.fail_after(10):  # a regression must fail, not hang; nothing is timed
-            with pytest.raises(BrokenStreamError):
-                await client.send(b"more")
-            with pytest.raises(BrokenStreamError):
-                await client.receive()
+            await each_raises(errors.BrokenStreamError, lambda: client.send(b"more"), client.receive)
 
 
 async def test_use_after_close(transport: str, ntlm_users: NTLMUsers) -> None:
@@ -135,10 +124,7 @@ async def test_use_after_close(transport: str, ntlm_users: NTLMUsers) -> None:
     async with negotiated_streams(transport, ntlm_users) as (client, server):
         await client.aclose()
         await client.aclose()  # idempotent
-        with pytest.raises(anyio.ClosedResourceError):
-            await client.send(b"x")
-        with pytest.raises(anyio.ClosedResourceError):
-            await client.receive()
+        await each_raises(anyio.ClosedResourceError, lambda: client.send(b"x"), client.receive)
         with pytest.raises(anyio.EndOfStream):  # the peer sees a clean end
             await server.receive()
 
@@ -156,7 +142,7 @@ async def test_peer_close_is_end_of_stream(transport: str, ntlm_users: NTLMUsers
 async def test_handshake_timeout_closes_the_transport(transport: str, ntlm_users: NTLMUsers) -> None:
     """A silent peer: HandshakeTimeoutError, and the transport is closed on both sides of it."""
     async with wired(transport) as (client_end, server_end):
-        with pytest.raises(HandshakeTimeoutError):
+        with pytest.raises(errors.HandshakeTimeoutError):
             await NegotiateStream.wrap(
                 server_end, server_side=True, handshake_timeout=0.2, credentials=ntlm_users.server_credentials()
             )
@@ -170,5 +156,5 @@ async def test_handshake_with_a_peer_that_hangs_up(transport: str, ntlm_users: N
     """EOF before the handshake completes is TruncatedStreamError."""
     async with wired(transport) as (client_end, server_end):
         await client_end.send_eof()
-        with pytest.raises(TruncatedStreamError):
+        with pytest.raises(errors.TruncatedStreamError):
             await NegotiateStream.wrap(server_end, server_side=True, credentials=ntlm_users.server_credentials())

@@ -31,7 +31,8 @@ from tests.support.aio import (
     RawPeer,
     TamperingProxy,
     client_options,
-    negotiator,
+    connect_app,
+    open_client,
     port_of,
     run,
     server_options,
@@ -141,7 +142,7 @@ def test_start_server_logs_a_failed_handshake_and_keeps_serving(
         async with server:
             with pytest.raises(HandshakeError):
                 await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users, password="bad"))
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             writer.write(b"still serving")
             assert await reader.read() == b"still serving"
             writer.close()
@@ -236,7 +237,7 @@ def test_peer_closing_mid_record_streams_reader_raises_truncated(ntlm_users: NTL
     async def main() -> None:
         server = await _truncating_server(ntlm_users, b"complete record", b"x" * 3000)
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             writer.write(b"go")
             assert await reader.readexactly(15) == b"complete record"
             with pytest.raises(TruncatedStreamError, match="middle of a"):  # never a silent short read
@@ -252,13 +253,11 @@ def test_peer_closing_mid_record_protocol_connection_lost(ntlm_users: NTLMUsers)
     """Protocol API: every complete record, then connection_lost(TruncatedStreamError), no EOF, writes raise Broken."""
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         # The cut message spans two records: its first record is whole, its second is cut.
         server = await _truncating_server(ntlm_users, b"whole", b"y" * 70000)
         async with server:
             app = Collector()
-            protocol = negotiator(False, app, client_options(ntlm_users))
-            await loop.create_connection(lambda: protocol, "127.0.0.1", port_of(server))
+            await connect_app(port_of(server), ntlm_users, app)
             transport = await app.made
             transport.write(b"go")
             exc = await app.lost
@@ -337,15 +336,12 @@ def test_tampered_record_protocol_api_connection_lost(ntlm_users: NTLMUsers, lev
     """Protocol API: a flipped byte in the echo's first record is connection_lost(IntegrityError), no data_received."""
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         server = await start_echo_server(ntlm_users, level)
         proxy = TamperingProxy(port_of(server), "server_to_client", _tamper_offset(where))
         proxy_server = await proxy.start()
         async with server, proxy_server:
             app = Collector()
-            await loop.create_connection(
-                lambda: negotiator(False, app, client_options(ntlm_users, level)), "127.0.0.1", port_of(proxy_server)
-            )
+            await connect_app(port_of(proxy_server), ntlm_users, app, level)
             transport = await app.made
             transport.write(b"secret payload " * 10)
             transport.write(b"second record")

@@ -17,11 +17,13 @@ from tests.support.aio import (
     LEVELS,
     Collector,
     client_options,
+    connect_app,
     digest,
     negotiator,
     payload,
     port_of,
     run,
+    serve_app,
     server_options,
 )
 
@@ -64,15 +66,11 @@ class BufferedCollector(asyncio.BufferedProtocol):
 
 
 async def protocol_pair(
-    users: NTLMUsers,
-    level: str = "encrypt_and_sign",
-    *,
-    server_app: Callable[[], asyncio.BaseProtocol] = Collector,
-    client_app: asyncio.BaseProtocol | None = None,
-) -> tuple[asyncio.Server, list[asyncio.BaseProtocol], asyncio.BaseProtocol, nsa.NegotiateProtocol]:
+    users: NTLMUsers, level: str = "encrypt_and_sign", *, server_app: Callable[[], asyncio.BaseProtocol] = Collector
+) -> tuple[asyncio.Server, list[asyncio.BaseProtocol], Collector, nsa.NegotiateProtocol]:
     """A NegotiateProtocol server on loopback and one connected NegotiateProtocol client.
 
-    Returns (server, the server's app protocols, the client's app protocol, the client's NegotiateProtocol).
+    Returns (server, the server's app protocols, the client's Collector app, the client's NegotiateProtocol).
     """
     loop = asyncio.get_running_loop()
     server_apps: list[asyncio.BaseProtocol] = []
@@ -83,9 +81,8 @@ async def protocol_pair(
         return negotiator(True, app, server_options(users, level))
 
     server = await loop.create_server(factory, "127.0.0.1", 0)
-    app = client_app if client_app is not None else Collector()
-    client = negotiator(False, app, client_options(users, level))
-    await loop.create_connection(lambda: client, "127.0.0.1", port_of(server))
+    app = Collector()
+    client = await connect_app(port_of(server), users, app, level)
     return server, server_apps, app, client
 
 
@@ -112,7 +109,6 @@ def test_protocol_transfer_1mib_checksums_match(ntlm_users: NTLMUsers, level: st
     async def main() -> None:
         server, server_apps, client_app, _ = await protocol_pair(ntlm_users, level)
         async with server:
-            assert isinstance(client_app, Collector)
             client_transport = await client_app.made
             server_app = await first_server_app(server_apps)
             assert server_app.transport is not None
@@ -141,7 +137,6 @@ def test_extra_info_names_and_fallback(ntlm_users: NTLMUsers) -> None:
     async def main() -> None:
         server, server_apps, client_app, _ = await protocol_pair(ntlm_users, "sign")
         async with server:
-            assert isinstance(client_app, Collector)
             client = await client_app.made
             server_side = (await first_server_app(server_apps)).transport
             assert server_side is not None
@@ -198,9 +193,8 @@ def test_buffered_protocol_with_empty_buffer_fails_instead_of_spinning(ntlm_user
             return bytearray()
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         app = Empty()
-        server = await loop.create_server(lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0)
+        server = await serve_app(ntlm_users, app)
         async with server:
             _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
             writer.write(b"data")
@@ -220,7 +214,6 @@ def test_write_protects_before_returning_and_writelines_is_one_write(ntlm_users:
     async def main() -> None:
         server, server_apps, client_app, _ = await protocol_pair(ntlm_users)
         async with server:
-            assert isinstance(client_app, Collector)
             transport = await client_app.made
             buffer = bytearray(b"original contents")
             transport.write(buffer)
@@ -254,7 +247,6 @@ def test_write_eof_is_a_half_close_the_peer_can_still_answer(ntlm_users: NTLMUse
     async def main() -> None:
         server, _, client_app, _ = await protocol_pair(ntlm_users, server_app=Answerer)
         async with server:
-            assert isinstance(client_app, Collector)
             transport = await client_app.made
             transport.write(b"q" * 100_000)
             transport.write_eof()
@@ -271,7 +263,6 @@ def test_abort_and_writes_after_close(ntlm_users: NTLMUsers) -> None:
     async def main() -> None:
         server, server_apps, client_app, _ = await protocol_pair(ntlm_users)
         async with server:
-            assert isinstance(client_app, Collector)
             transport = await client_app.made
             server_app = await first_server_app(server_apps)
             transport.abort()
@@ -317,13 +308,10 @@ def test_app_closing_inside_callback_is_a_clean_close(ntlm_users: NTLMUsers, whe
         writer.close()
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users))
         async with server:
             app = ClosesAt(where)
-            await loop.create_connection(
-                lambda: negotiator(False, app, client_options(ntlm_users)), "127.0.0.1", port_of(server)
-            )
+            await connect_app(port_of(server), ntlm_users, app)
             assert await app.lost is None
             assert app.lost_calls == [None]
             assert app.chunks <= 1
@@ -347,7 +335,6 @@ def test_flow_control_slow_reader_pauses_writer_with_bounded_buffers(ntlm_users:
             ntlm_users, server_app=lambda: Collector(pause_on_connect=True)
         )
         async with server:
-            assert isinstance(client_app, Collector)
             transport = await client_app.made
             server_app = await first_server_app(server_apps)
             assert server_app.transport is not None and not server_app.transport.is_reading()

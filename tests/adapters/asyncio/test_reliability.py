@@ -24,8 +24,9 @@ from tests.support.aio import (
     Collector,
     RawPeer,
     client_options,
+    connect_app,
     digest,
-    negotiator,
+    open_client,
     other_tasks,
     payload,
     port_of,
@@ -35,6 +36,7 @@ from tests.support.aio import (
     settle,
     start_echo_server,
     start_raw_server,
+    writer_to_paused_app,
 )
 
 # -- resource limits ------------------------------------------------------------------------------------------------
@@ -49,12 +51,10 @@ def test_4gib_record_header_fails_at_once_without_buffering(ntlm_users: NTLMUser
         await peer.reader.read()  # keep the connection open: the failure must come from the header alone
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         server = await start_raw_server(ntlm_users, huge)
         async with server:
             app = Collector()
-            protocol = negotiator(False, app, client_options(ntlm_users))
-            await loop.create_connection(lambda: protocol, "127.0.0.1", port_of(server))
+            protocol = await connect_app(port_of(server), ntlm_users, app)
             exc = await app.lost
             assert isinstance(exc, FramingError)
             assert protocol.connection.buffered <= 4 + 1000  # nothing waited for the announced 4 GiB
@@ -160,7 +160,7 @@ def test_peer_never_reading_blocks_drain_with_bounded_memory(ntlm_users: NTLMUse
 
         server = await start_raw_server(ntlm_users, lazy)
         async with server:
-            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            _reader, writer = await open_client(server, ntlm_users)
             rss_before = rss_bytes()
 
             async def write_64mib() -> None:
@@ -232,9 +232,7 @@ def test_cancel_open_connection_at_every_step(ntlm_users: NTLMUsers) -> None:
             before = other_tasks()
             outcomes = {"cancelled": 0, "completed": 0}
             for steps in range(60):
-                task = asyncio.ensure_future(
-                    nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
-                )
+                task = asyncio.ensure_future(open_client(server, ntlm_users))
                 for _ in range(steps):
                     await asyncio.sleep(0)
                 task.cancel()
@@ -251,7 +249,7 @@ def test_cancel_open_connection_at_every_step(ntlm_users: NTLMUsers) -> None:
             assert outcomes["cancelled"] > 0 and outcomes["completed"] > 0
             await settle()
             assert other_tasks() - before == set(), "tasks leaked by cancelled handshakes"
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             writer.write(b"ok")
             assert await reader.readexactly(2) == b"ok"
             writer.close()
@@ -293,13 +291,7 @@ def test_cancelled_drain_leaves_the_stream_consistent(ntlm_users: NTLMUsers) -> 
     chunk = payload(200_000, 6)
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        app = Collector()
-        server = await loop.create_server(lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0)
-        async with server:
-            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
-            server_transport = await app.made
-            server_transport.pause_reading()
+        async with writer_to_paused_app(ntlm_users) as (app, server_transport, writer):
             expected = hashlib.sha256()
             cancelled = writes = 0
             while cancelled < 5:
@@ -335,7 +327,7 @@ def test_cancel_read_keeps_stream_consistent(ntlm_users: NTLMUsers) -> None:
     async def main() -> None:
         server = await start_echo_server(ntlm_users)
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             pending = asyncio.ensure_future(reader.read(100))
             await asyncio.sleep(0.05)
             pending.cancel()

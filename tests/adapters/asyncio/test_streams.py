@@ -19,15 +19,18 @@ from negotiate_stream.errors import IntegrityError, StreamClosedError
 from negotiate_stream.testing import NTLMUsers
 from tests.support.aio import (
     LEVELS,
-    Collector,
     client_options,
+    connect_app,
     digest,
     negotiator,
+    open_client,
     payload,
     port_of,
     run,
+    serve_app,
     server_options,
     start_echo_server,
+    writer_to_paused_app,
 )
 
 # Streams tests move more data than most: a longer hang guard (never a performance check).
@@ -39,6 +42,20 @@ async def send_all(writer: asyncio.StreamWriter, data: bytes, step: int = 1 << 2
     for start in range(0, len(data), step):
         writer.write(data[start : start + step])
         await writer.drain()
+
+
+async def send_then_eof(writer: asyncio.StreamWriter, data: bytes, step: int = 1 << 20) -> None:
+    """:func:`send_all`, then half-close (``write_eof``)."""
+    await send_all(writer, data, step)
+    writer.write_eof()
+
+
+async def echo_back(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> bytes:
+    """Send ``data`` in 1 MiB writes, then EOF, while reading the echo until the peer's EOF; return the echo."""
+    sender = asyncio.ensure_future(send_then_eof(writer, data))
+    received = await reader.read()
+    await sender
+    return received
 
 
 async def read_all(reader: asyncio.StreamReader) -> bytes:
@@ -73,11 +90,7 @@ def test_streams_1mib_both_directions(ntlm_users: NTLMUsers, level: str) -> None
         seen["identity"] = writer.get_extra_info("peer_identity")
         seen["level"] = writer.get_extra_info("protection_level")
 
-        async def send() -> None:
-            await send_all(writer, downstream, step=100_000)
-            writer.write_eof()
-
-        sent = asyncio.ensure_future(send())
+        sent = asyncio.ensure_future(send_then_eof(writer, downstream, step=100_000))
         server_got.append(await read_all(reader))
         await sent
         writer.close()
@@ -85,15 +98,12 @@ def test_streams_1mib_both_directions(ntlm_users: NTLMUsers, level: str) -> None
     async def main() -> None:
         server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users, level))
         async with server:
-            reader, writer = await nsa.open_connection(
-                "127.0.0.1", port_of(server), **client_options(ntlm_users, level)
-            )
+            reader, writer = await open_client(server, ntlm_users, level)
             info = writer.get_extra_info("negotiate_stream")
             assert info.protection_level.value == level
             assert writer.get_extra_info("peername")[0] == "127.0.0.1"  # falls back to the socket's extras
             received = asyncio.ensure_future(read_all(reader))
-            await send_all(writer, upstream, step=70_000)
-            writer.write_eof()
+            await send_then_eof(writer, upstream, step=70_000)
             assert digest(await received) == digest(downstream)
             writer.close()
             await writer.wait_closed()
@@ -119,7 +129,7 @@ def test_reader_and_writer_in_parallel_full_duplex(ntlm_users: NTLMUsers) -> Non
     async def main() -> None:
         server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users))
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             received = asyncio.ensure_future(reader.readexactly(size))
             await send_all(writer, client_data, step=500_000)
             assert await received == server_data
@@ -135,18 +145,8 @@ async def _echo_transfer(users: NTLMUsers, size: int, level: str = "encrypt_and_
     data = payload(size, 7)
     server = await start_echo_server(users, level)
     async with server:
-        reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(users, level))
-
-        async def send() -> None:
-            view = memoryview(data)
-            for offset in range(0, len(view), 1 << 20):
-                writer.write(view[offset : offset + (1 << 20)])
-                await writer.drain()
-            writer.write_eof()
-
-        sender = asyncio.ensure_future(send())
-        received = await reader.read()
-        await sender
+        reader, writer = await open_client(server, users, level)
+        received = await echo_back(reader, writer, data)
         writer.close()
         await writer.wait_closed()
     return data, received
@@ -166,16 +166,7 @@ async def _plain_echo_transfer(size: int) -> float:
     async with server:
         start = time.perf_counter()
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
-
-        async def send() -> None:
-            for offset in range(0, len(data), 1 << 20):
-                writer.write(data[offset : offset + (1 << 20)])
-                await writer.drain()
-            writer.write_eof()
-
-        sender = asyncio.ensure_future(send())
-        received = await reader.read()
-        await sender
+        received = await echo_back(reader, writer, data)
         elapsed = time.perf_counter() - start
         writer.close()
     assert digest(received) == digest(data)
@@ -251,7 +242,7 @@ def test_50_concurrent_writers_messages_arrive_intact_and_in_order(ntlm_users: N
     async def main() -> None:
         server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users))
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             await asyncio.gather(
                 _concurrent_writers(writer, writers, messages), _check_messages(reader, writers, messages)
             )
@@ -291,7 +282,7 @@ def test_50_concurrent_writers_each_write_is_one_record(ntlm_users: NTLMUsers) -
 
         server = await loop.create_server(factory, "127.0.0.1", 0)
         async with server:
-            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            _reader, writer = await open_client(server, ntlm_users)
 
             async def write_all(writer_id: int) -> None:
                 for seq in range(per_writer):
@@ -341,7 +332,7 @@ def test_shared_crypto_state_request_response_stays_correct(
     async def main() -> None:
         server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users))
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             assert writer.get_extra_info("negotiate_stream").shares_crypto_state is True
             for _ in range(rounds):
                 await _concurrent_writers(writer, writers, 1)
@@ -376,15 +367,11 @@ def test_shared_crypto_state_crossing_records_fail_loudly(
             self.lost.set_result(exc)
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
         server_app = SpeakFirst()
-        server = await loop.create_server(
-            lambda: negotiator(True, server_app, server_options(ntlm_users)), "127.0.0.1", 0
-        )
+        server = await serve_app(ntlm_users, server_app)
         async with server:
             client_app = SpeakFirst()
-            client = negotiator(False, client_app, client_options(ntlm_users))
-            await loop.create_connection(lambda: client, "127.0.0.1", port_of(server))
+            await connect_app(port_of(server), ntlm_users, client_app)
             client_exc = await client_app.lost
             server_exc = await server_app.lost
         # Each side protected its first record before verifying the peer's, so both keystreams are off.
@@ -457,13 +444,7 @@ def test_drain_waits_for_a_paused_reader_and_buffers_stay_bounded(ntlm_users: NT
     total_chunks = 64
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        app = Collector()
-        server = await loop.create_server(lambda: negotiator(True, app, server_options(ntlm_users)), "127.0.0.1", 0)
-        async with server:
-            _reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
-            server_transport = await app.made
-            server_transport.pause_reading()
+        async with writer_to_paused_app(ntlm_users) as (app, server_transport, writer):
             assert not server_transport.is_reading()
             writer.transport.set_write_buffer_limits(high=128 * 1024)
             _low, high = writer.transport.get_write_buffer_limits()
@@ -502,7 +483,7 @@ def test_close_and_wait_closed_after_echo_is_clean(ntlm_users: NTLMUsers) -> Non
     async def main() -> None:
         server = await start_echo_server(ntlm_users)
         async with server:
-            reader, writer = await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))
+            reader, writer = await open_client(server, ntlm_users)
             writer.write(b"ping")
             assert await reader.readexactly(4) == b"ping"
             writer.close()

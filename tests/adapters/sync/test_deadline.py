@@ -20,6 +20,7 @@ from tests.support.streams import (
     Worker,
     client_options,
     negotiated_sockets,
+    read_frame,
     recv_exactly,
     server_options,
     tcp_pair,
@@ -28,18 +29,6 @@ from tests.support.streams import (
 DRIP_INTERVAL = 0.5
 # Scheduling slack on a busy 2-core machine; the deadline itself is what the tests measure.
 SLACK = 0.5
-
-
-def read_frame(sock: socket.socket) -> bytes:
-    """Read one whole MS-NNS handshake message (5-byte header, uint16 BE payload size) off a raw socket."""
-    header = b""
-    while len(header) < 5:
-        header += sock.recv(5 - len(header))
-    size = int.from_bytes(header[3:5], "big")
-    payload = b""
-    while len(payload) < size:
-        payload += sock.recv(size - len(payload))
-    return header + payload
 
 
 def drip(sock: socket.socket, data: bytes, stop: threading.Event) -> None:

@@ -17,15 +17,8 @@ from negotiate_stream import Connection, SecurityContext
 from negotiate_stream.errors import BrokenStreamError, ConnectionLostError, TruncatedStreamError
 from negotiate_stream.sync import NegotiateSocket
 from negotiate_stream.testing import NTLMUsers
-from tests.support.streams import (
-    GUARD_TIMEOUT,
-    Worker,
-    client_options,
-    negotiated_sockets,
-    recv_exactly,
-    server_options,
-    tcp_pair,
-)
+from tests.support.aio import client_options, server_options
+from tests.support.streams import GUARD_TIMEOUT, Worker, negotiated_sockets, read_frame, recv_exactly, tcp_pair
 
 # The OS errors a reset surfaces as: on a read ECONNRESET, on a write EPIPE or ECONNRESET.
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
@@ -35,18 +28,6 @@ def reset(sock: socket.socket) -> None:
     """Abortive close: the peer gets an RST (ECONNRESET / EPIPE) instead of a clean EOF."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def read_frame(sock: socket.socket) -> bytes:
-    """Read one whole MS-NNS handshake message (5-byte header, uint16 BE payload size) off a raw socket."""
-    header = b""
-    while len(header) < 5:
-        header += sock.recv(5 - len(header))
-    size = int.from_bytes(header[3:5], "big")
-    payload = b""
-    while len(payload) < size:
-        payload += sock.recv(size - len(payload))
-    return header + payload
 
 
 def answer(conn: Connection, frame: bytes) -> bytes:
