@@ -6,24 +6,30 @@ installed on this machine; ``scripts/install-interop`` installs them all. The pe
 - ``dotnet``: the .NET Core 3.1 ``NegotiateStream`` program ``scripts/interop/dotnet/NnsPeer.cs``;
 - ``krb5_realm``: a throwaway MIT Kerberos realm (``scripts/interop/krb5-realm``); its environment
   (``KRB5_CONFIG``, ``KRB5CCNAME``, ``KRB5_KTNAME``...) is set in this process for the module's tests;
-- ``samba_dc``: a throwaway Samba AD DC (``scripts/interop/samba-dc``; root, ports 88/135/389);
+- ``samba_dc``: a throwaway Samba AD DC (``scripts/interop/samba-dc``; root, ports 88/135/389/636);
 - ``ntlm_user_file``: a plain ``DOMAIN:USER:PASSWORD`` file that both gss-ntlmssp and pyspnego read.
+- ``tls_channel``: a throwaway certificate and both ends' TLS contexts (nothing to install), with :func:`run_pair`
+  to run a client and a server over one socket pair.
 """
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
 import shlex
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -259,19 +265,27 @@ class SambaDC:
 
 
 @pytest.fixture(scope="module")
-def samba_dc() -> Iterator[SambaDC]:
-    """A throwaway Samba AD DC with user ``bob`` for the module; skips when Samba, root or the ports are missing."""
+def samba_dc(request: pytest.FixtureRequest) -> Iterator[SambaDC]:
+    """A throwaway Samba AD DC with user ``bob`` for the module; skips when Samba, root or the ports are missing.
+
+    Indirect parametrization sets ``ldap server require strong auth`` (default ``yes``); pytest stops the DC of
+    one value before it starts the next, so there is still one DC at a time.
+    """
+    strong_auth = getattr(request, "param", "yes")
     if shutil.which("samba") is None and not Path("/usr/sbin/samba").exists():
         pytest.skip(f"interop peer missing: Samba AD DC (Debian samba, samba-ad-dc); {INSTALL_HINT}")
     if os.geteuid() != 0:
         pytest.skip("interop peer missing: the Samba AD DC needs root")
-    busy = [port for port in (88, 135, 389) if _port_in_use(port)]
+    busy = [port for port in (88, 135, 389, 636) if _port_in_use(port)]
     if busy:
         pytest.skip(f"interop peer missing: ports {busy} are taken (only one Samba DC per machine)")
     directory = Path(tempfile.mkdtemp(prefix="negotiate-stream-samba-"))
     script = str(INTEROP / "samba-dc")
     started = subprocess.run(
-        [script, "start", str(directory), "--user", "bob"], capture_output=True, text=True, check=False
+        [script, "start", str(directory), "--user", "bob", "--strong-auth", strong_auth],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     try:
         if started.returncode != 0:
@@ -295,3 +309,79 @@ def gss_ntlmssp() -> str:
     if GSS_NTLMSSP_MECH not in mechs:
         pytest.skip(f"interop peer missing: gss-ntlmssp (Debian gss-ntlmssp, mech {GSS_NTLMSSP_MECH}); {INSTALL_HINT}")
     return GSS_NTLMSSP_MECH
+
+
+# -- TLS channel and two-ended runs (server policy, delegation) -------------------------------------------------
+
+
+@dataclass
+class TLSChannel:
+    """A throwaway self-signed server certificate and the TLS contexts of both ends (the client trusts anything)."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+    #: The server certificate (DER): what tls-server-end-point bindings are computed from.
+    certificate: bytes
+
+
+@pytest.fixture(scope="module")
+def tls_channel(tmp_path_factory: pytest.TempPathFactory) -> TLSChannel:
+    """An RSA/SHA-256 certificate for ``localhost`` and matching server and client TLS contexts."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("tls")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    cert = (
+        builder.serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(cert_path), str(key_path))
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    return TLSChannel(server, client, cert.public_bytes(serialization.Encoding.DER))
+
+
+T = TypeVar("T")
+
+
+def run_pair(
+    client: Callable[[socket.socket], T], server: Callable[[socket.socket], Any]
+) -> tuple[T, Any, BaseException | None]:
+    """Run ``server`` in a thread and ``client`` here on a connected socket pair; return both results and the
+    server's exception (the client's propagates)."""
+    client_sock, server_sock = socket.socketpair()
+    client_sock.settimeout(20)
+    server_sock.settimeout(20)
+    outcome: dict[str, Any] = {"error": None, "result": None}
+
+    def serve() -> None:
+        try:
+            outcome["result"] = server(server_sock)
+        except BaseException as exc:
+            outcome["error"] = exc
+            server_sock.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        result = client(client_sock)
+    finally:
+        client_sock.close()  # a failed client must not leave the server waiting for it
+        thread.join(30)
+        server_sock.close()
+    return result, outcome["result"], outcome["error"]
