@@ -6,9 +6,11 @@ write becomes, without any I/O, and a perfect I/O layer would reach it. The ``*.
 in a child process (each end on its own core, as between two machines) and are judged against the one-way floor,
 bytes / max(protect time, unprotect time). Ratios: ``floor`` / ``one_way_floor`` = our MB/s / that floor,
 ``primitives`` = / the same work done with ``cryptography`` only, ``plain`` = / the same API without Negotiate,
-``io_ceiling`` = / the best one thread can do with its crypto plus the plain API's socket work,
-``cost_vs_step_loop`` = time per handshake / a bare in-memory SecurityContext step loop (``cost_excl_tcp``: the
-same without the TCP connect + close).
+``tls`` = / the same asyncio API over stdlib TLS, ``vs_pyspnego_path`` = the NTLM fast path / the same scenario on
+pyspnego's record path (``*.pyspnego-path``, same run), ``io_ceiling`` = / the best one thread can do with its crypto
+plus the plain API's socket work, ``cost_vs_step_loop`` = time per handshake / a bare in-memory SecurityContext step
+loop (``cost_excl_tcp``: the same without the TCP connect + close), ``cost_vs_gssapi`` = Kerberos time per message
+through our context / through python-gssapi's own wrap + unwrap on the same contexts.
 
 A line per scenario (and a heartbeat during long ones) goes to stderr; the table goes to stdout.
 """
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     only = [part for part in (args.only or "").split(",") if part.strip()]
     if args.list:
         for scenario in select(all_scenarios(), only):
-            print(f"{scenario.name:45} {scenario.kind:10} {scenario.level}")
+            print(f"{scenario.name:52} {scenario.kind:15} {scenario.level}")
         return 0
     profiler = cProfile.Profile() if args.profile else None
     try:

@@ -1,8 +1,9 @@
 """Baselines: plain loopback copies with no Negotiate at all, for every API family, and stdlib TLS.
 
-asyncio Protocols and streams, TLS streams and Protocols (a self-signed certificate made at run time), anyio on
-asyncio and trio, blocking sockets with a thread, and the TCP connect + close of a new connection. Our adapters'
-``plain`` ratio divides by the baseline of the same API.
+asyncio Protocols and streams, TLS streams and Protocols (a self-signed certificate made at run time; bulk and
+ping-pong over both), anyio on asyncio and trio, blocking sockets with a thread, and the TCP connect + close of a
+new connection. Our adapters' ``plain`` ratio divides by the baseline of the same API, their ``tls`` ratio (asyncio
+streams and Protocols) by the TLS baseline of the same API.
 """
 
 from __future__ import annotations
@@ -54,11 +55,9 @@ def _protocol(ctx: Context, tls: bool, pingpong: bool) -> Result:
     name = f"baseline.{'tls' if tls else 'asyncio'}-protocol.{_kind(pingpong)}"
 
     async def main() -> Result:
-        if pingpong:
-            return pingpong_result(
-                name, "baseline", "-", await protocol_pingpong(plain_protocol_pair, ctx.config.pingpong_rounds)
-            )
         connect = functools.partial(plain_protocol_pair, ssl_pair=ctx.tls_contexts() if tls else None)
+        if pingpong:
+            return pingpong_result(name, "baseline", "-", await protocol_pingpong(connect, ctx.config.pingpong_rounds))
         return bulk_result(name, "baseline", "-", await protocol_bulk(connect, ctx.config.bulk_bytes))
 
     return asyncio.run(main())
@@ -146,10 +145,7 @@ def baseline_scenarios() -> list[Scenario]:
             ),
             make(f"baseline.anyio-trio.{kind}", functools.partial(_anyio, backend="trio", pingpong=pingpong), kind),
             make(f"baseline.sync.{kind}", functools.partial(_sync, pingpong=pingpong), kind),
+            make(f"baseline.tls-protocol.{kind}", functools.partial(_protocol, tls=True, pingpong=pingpong), kind),
         ]
-        if not pingpong:
-            scenarios.append(
-                make("baseline.tls-protocol.bulk", functools.partial(_protocol, tls=True, pingpong=False), kind)
-            )
     scenarios.append(make("baseline.asyncio-streams.connect", _connect, "connect"))
     return scenarios

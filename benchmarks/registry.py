@@ -7,8 +7,9 @@ import functools
 import importlib
 import ssl
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from negotiate_stream import ProtectionLevel
 from negotiate_stream.testing import NTLMUsers
@@ -30,6 +31,8 @@ __all__ = [
     "unit_of",
 ]
 
+T = TypeVar("T")
+
 #: The protection levels of the scenario names.
 LEVELS = {"sealed": ProtectionLevel.ENCRYPT_AND_SIGN, "sign": ProtectionLevel.SIGN, "none": ProtectionLevel.NONE}
 #: Our adapters, as they appear in the scenario names (``ours.<api>.<kind>.<level>``).
@@ -38,11 +41,35 @@ APIS = ("asyncio-protocol", "asyncio-streams", "anyio-asyncio", "anyio-trio", "s
 
 @dataclass
 class Context:
-    """What every scenario of one run shares: the sizes, the NTLM accounts, lazily made TLS contexts."""
+    """What every scenario of one run shares: the sizes, the NTLM accounts, lazily made TLS contexts and other
+    resources started once per run (the Kerberos realm), which :meth:`close` stops."""
 
     config: BenchConfig
     users: NTLMUsers
     _tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = field(default=None, repr=False)
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+    _resources: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def shared(self, key: str, start: Callable[[], AbstractContextManager[T]]) -> T:
+        """The resource ``key``, entered from ``start()`` by the first scenario that asks and left by :meth:`close`.
+
+        A start that raises is not retried by later scenarios: they get the same exception (a realm that failed to
+        start once would only fail again, slowly).
+        """
+        if key not in self._shared:
+            try:
+                self._shared[key] = self._resources.enter_context(start())
+            except Exception as exc:
+                self._shared[key] = exc
+        value = self._shared[key]
+        if isinstance(value, Exception):
+            raise value
+        resource: T = value
+        return resource
+
+    def close(self) -> None:
+        """Stop every resource :meth:`shared` started (in reverse order)."""
+        self._resources.close()
 
     def tls_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """(server, client) SSLContexts for a self-signed ``localhost`` certificate, made once per run."""
@@ -91,6 +118,8 @@ def unit_of(kind: str) -> str:
     """The unit of a scenario's headline number (shown for skipped and failed scenarios too)."""
     if kind.endswith("pingpong"):
         return "round trips/s"
+    if kind.startswith("crypto-"):  # one message at a time: crypto-small, crypto-kerberos
+        return "messages/s"
     return "handshakes/s" if kind == "handshake" else "MB/s"
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import BenchConfig
+from .paths import PYSPNEGO_SUFFIX
 from .results import Result
 from .targets import Target, check_targets
 
@@ -51,6 +52,24 @@ def _baseline_for(result: Result) -> str | None:
     return f"baseline.{plain_api}.{kind}"
 
 
+#: The TLS baseline of the same API: our asyncio streams against TLS streams, our Protocol against TLS Protocols.
+_TLS_APIS = {"asyncio-streams": "tls-streams", "asyncio-protocol": "tls-protocol"}
+
+
+def _tls_baseline_for(result: Result) -> str | None:
+    """``ours.asyncio-streams.pingpong.sealed`` -> ``baseline.tls-streams.pingpong`` (asyncio APIs only)."""
+    parts = result.name.split(".")
+    if result.group != "ours" or len(parts) < 3 or parts[1] not in _TLS_APIS:
+        return None
+    return f"baseline.{_TLS_APIS[parts[1]]}.{parts[2]}"
+
+
+def _path_suffix(result: Result) -> str:
+    """``.pyspnego-path`` for a scenario measured on pyspnego's NTLM record path, else empty: its floors (and its
+    ceilings) are the context floors measured on the same path."""
+    return PYSPNEGO_SUFFIX if result.name.endswith(PYSPNEGO_SUFFIX) else ""
+
+
 @dataclass
 class Report:
     """All results of one run, with ratios and target checks; render with :meth:`table` or :meth:`to_json`."""
@@ -76,14 +95,17 @@ class Report:
         result = self.get(name)
         return result.value if result is not None else None
 
-    def io_ceiling(self, level: str, plain_name: str = "baseline.asyncio-protocol.bulk") -> float | None:
+    def io_ceiling(
+        self, level: str, plain_name: str = "baseline.asyncio-protocol.bulk", path_suffix: str = ""
+    ) -> float | None:
         """The best a single-threaded loopback can do at ``level`` with one API: crypto floor plus that API's I/O.
 
         ``1 / (1 / floor + 1 / plain)``: both ends' crypto *and* both ends' socket work run on one thread, so even a
         zero-overhead adapter pays what the same API costs without Negotiate (``plain_name``, a bulk baseline).
         Threaded APIs (sync) can beat it, since the crypto releases the GIL and the two ends run on two cores.
+        ``path_suffix`` selects the floor of pyspnego's record path.
         """
-        floor = self._value(f"floor.context.{level}")
+        floor = self._value(f"floor.context.{level}{path_suffix}")
         plain = self._value(plain_name)
         if not floor or not plain:
             return None
@@ -94,21 +116,34 @@ class Report:
         for result in self.results:
             if not result.ok or result.value is None:
                 continue
+            suffix = _path_suffix(result)
             if result.kind in ("bulk", "concurrent") and result.level in ("sealed", "sign"):
-                for key, floor_name in (("floor", "floor.context"), ("primitives", "floor.primitives")):
-                    floor = self._value(f"{floor_name}.{result.level}")
+                for key, floor_name in (
+                    ("floor", f"floor.context.{result.level}{suffix}"),
+                    ("primitives", f"floor.primitives.{result.level}"),
+                ):
+                    floor = self._value(floor_name)
                     if floor:
                         result.ratios[key] = round(result.value / floor, 3)
                 plain_name = _baseline_for(result) or "baseline.asyncio-protocol.bulk"
                 if result.kind == "bulk" and "connection-in-memory" not in result.name:
-                    ceiling = self.io_ceiling(result.level, plain_name)
+                    ceiling = self.io_ceiling(result.level, plain_name, suffix)
                     if ceiling:
                         result.ratios["io_ceiling"] = round(result.value / ceiling, 3)
+            self._floor_ratios(result)
             baseline_name = _baseline_for(result)
             baseline = self._value(baseline_name) if baseline_name else None
             if baseline and result.kind in ("bulk", "pingpong"):
                 result.ratios["plain"] = round(result.value / baseline, 3)
-            small = self.get("floor.context.sealed-64B")
+            tls_name = _tls_baseline_for(result)
+            tls = self._value(tls_name) if tls_name else None
+            if tls and result.kind in ("bulk", "pingpong") and result.level != "none":
+                result.ratios["tls"] = round(result.value / tls, 3)
+            twin = self._value(result.name + PYSPNEGO_SUFFIX)
+            if twin:
+                # The fast path's speed-up over pyspnego's record path, measured side by side in this run.
+                result.ratios["vs_pyspnego_path"] = round(result.value / twin, 3)
+            small = self.get(f"floor.context.sealed-64B{suffix}")
             if result.kind == "pingpong" and result.level == "sealed" and baseline and small and small.value:
                 # Best possible: the plain round trip plus two 64-byte messages through both ends' crypto.
                 ceiling = 1.0 / (1.0 / baseline + 2.0 / small.value)
@@ -124,6 +159,22 @@ class Report:
                         result.ratios["cost_excl_tcp"] = round(handshake_only * step_loop.value, 3)
             if result.kind.startswith("2proc-"):
                 self._two_process_ratios(result)
+
+    def _floor_ratios(self, result: Result) -> None:
+        """Context floors against the raw primitives; Kerberos layers against python-gssapi's own functions."""
+        assert result.value is not None
+        if result.name.startswith("floor.context."):
+            level = "sealed-64B" if result.kind == "crypto-small" else result.level
+            primitives = self._value(f"floor.primitives.{level}")
+            if primitives:
+                result.ratios["primitives"] = round(result.value / primitives, 3)
+        if result.kind == "crypto-kerberos":
+            gssapi = float(result.extra.get("gssapi_us_per_message", 0.0))
+            if gssapi > 0:
+                # Cost ratios (time per message / gssapi's time per message): lower is better, 1.0 = no overhead.
+                result.ratios["cost_vs_gssapi"] = round(float(result.extra["us_per_message"]) / gssapi, 3)
+                pyspnego = float(result.extra.get("pyspnego_us_per_message", 0.0))
+                result.ratios["pyspnego_vs_gssapi"] = round(pyspnego / gssapi, 3)
 
     def one_way_floor(self, level: str) -> float | None:
         """The crypto floor when each end has its own core: bytes / max(protect time, unprotect time)."""
@@ -182,16 +233,25 @@ class Report:
             lines.append(fmt.format(*header).rstrip())
             lines.append("  ".join("-" * w for w in widths))
             lines.extend(fmt.format(*row).rstrip() for row in rows)
-        lines.append("")
-        lines.append("targets:" if not markdown else "| target | wanted | measured | met |")
-        if markdown:
-            lines.append("|---|---|---|---|")
-        for target in self.targets:
-            met = {True: "yes", False: "MISSED", None: "-"}[target.met]
+        sections = (
+            ("targets:", "target", [t for t in self.targets if not t.tracked]),
+            (
+                "also tracked (guards of issue 7 that issue 15 kept):",
+                "tracked guard",
+                [t for t in self.targets if t.tracked],
+            ),
+        )
+        for title, column, targets in sections:
+            lines.append("")
+            lines.append(title if not markdown else f"| {column} | wanted | measured | met |")
             if markdown:
-                lines.append(f"| {target.name} | {target.wanted} | {target.measured} | {met} |")
-            else:
-                lines.append(f"  [{met:>6}] {target.name}: {target.measured} (want {target.wanted})")
+                lines.append("|---|---|---|---|")
+            for target in targets:
+                met = {True: "yes", False: "MISSED", None: "-"}[target.met]
+                if markdown:
+                    lines.append(f"| {target.name} | {target.wanted} | {target.measured} | {met} |")
+                else:
+                    lines.append(f"  [{met:>6}] {target.name}: {target.measured} (want {target.wanted})")
         ceilings = {level: self.io_ceiling(level) for level in ("sealed", "sign")}
         if any(ceilings.values()):
             lines.append("")
@@ -269,7 +329,14 @@ def _notes(result: Result) -> str:
     if "protect_mbps" in extra:
         parts.append(f"protect {extra['protect_mbps']:,.0f} / unprotect {extra['unprotect_mbps']:,.0f} MB/s")
     if "us_per_message" in extra:
-        parts.append(f"{extra['us_per_message']:.1f} us per 64 B message")
+        parts.append(f"{extra['us_per_message']:.1f} us per {extra.get('message_bytes', 64):,} B message")
+    if "gssapi_us_per_message" in extra:
+        parts.append(
+            f"pyspnego {extra['pyspnego_us_per_message']:.1f} us, gssapi.raw {extra['gssapi_us_per_message']:.1f} us, "
+            f"gssapi methods {extra['gssapi_highlevel_us_per_message']:.1f} us"
+        )
+    if "record_path" in extra:
+        parts.append(f"record path: {extra['record_path']}")
     if "us_per_round_trip" in extra:
         parts.append(f"{extra['us_per_round_trip']:.1f} us per round trip")
     if "ms_per_handshake" in extra:

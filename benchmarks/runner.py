@@ -18,6 +18,7 @@ from .baselines import baseline_scenarios
 from .config import BenchConfig
 from .floors import floor_scenarios
 from .handshakes import handshake_scenarios
+from .kerberos import kerberos_scenarios
 from .memory import memory_scenarios
 from .processes import child_command, child_environment
 from .progress import Progress
@@ -37,6 +38,7 @@ def all_scenarios() -> list[Scenario]:
     """Every scenario, in the order of the report."""
     return [
         *floor_scenarios(),
+        *kerberos_scenarios(),
         *in_memory_scenarios(),
         *baseline_scenarios(),
         *reference_scenarios(),
@@ -86,7 +88,11 @@ def run_child(name: str, config: BenchConfig) -> Result:
     if scenario is None:
         raise ValueError(f"unknown scenario {name!r}")
     with NTLMUsers.generate() as users:
-        return _run_here(scenario, Context(config, users))
+        ctx = Context(config, users)
+        try:
+            return _run_here(scenario, ctx)
+        finally:
+            ctx.close()
 
 
 def run_bench(
@@ -111,13 +117,16 @@ def run_bench(
     started = time.perf_counter()
     with NTLMUsers.generate() as users, Progress(len(scenarios), stream=progress_stream, enabled=progress) as bar:
         ctx = Context(config, users)
-        for scenario in scenarios:
-            with bar.scenario(scenario.name):
-                gc.collect()
-                isolated = scenario.isolated and isolate
-                result = _run_isolated(scenario, config) if isolated else _run_here(scenario, ctx)
-            results.append(result)
-            bar.finished(result)
+        try:
+            for scenario in scenarios:
+                with bar.scenario(scenario.name):
+                    gc.collect()
+                    isolated = scenario.isolated and isolate
+                    result = _run_isolated(scenario, config) if isolated else _run_here(scenario, ctx)
+                results.append(result)
+                bar.finished(result)
+        finally:
+            ctx.close()  # e.g. stop the Kerberos realm
     report = Report(config, results)
     report.seconds = time.perf_counter() - started
     return report
