@@ -221,6 +221,8 @@ class Connection:
             shares_crypto_state=context.shares_crypto_state,
             sizes=context.stream_sizes(self._codec.max_plaintext),
             framing=self.framing,
+            impersonation_level=context.impersonation_level,
+            delegated_credentials=context.delegated_credentials,
         )
         self._framed = level is not ProtectionLevel.NONE
         self._state = State.ESTABLISHED

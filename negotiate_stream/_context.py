@@ -18,11 +18,22 @@ one lock. The adapters do this for you.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Literal
 
-from ._options import ContextOptions, Credentials, ProtectionLevel, ProtocolName, StreamSizes
+from ._options import (
+    ChannelBindingPolicy,
+    ContextOptions,
+    Credentials,
+    ImpersonationLevel,
+    ProtectionLevel,
+    ProtocolName,
+    StreamSizes,
+)
 from ._spnego import records
+from ._spnego.acceptor import AcceptorPolicy
 from ._spnego.build import kerberos_import_error, new_context
+from ._spnego.delegation import check_delegation, delegated_credentials, impersonation_level
 from ._spnego.environment import acceptor_environment
 from ._spnego.ntlm_takeover import NTLMFastPath, take_over
 from ._spnego.ntlm_users import write_ntlm_user_file
@@ -56,20 +67,6 @@ _PROTOCOLS = ("negotiate", "ntlm", "kerberos")
 RecordPath = Literal["fast", "pyspnego", "none"]
 
 
-def _refusal(error: NegotiateError) -> IntegrityError:
-    """The error for any incoming record or wrapped message after ``error`` (a context never recovers from one)."""
-    return IntegrityError(f"the security context already rejected a record ({error}); open a new connection")
-
-
-def _failed(error: NegotiateError) -> RecordFunction:
-    """An unprotect function that refuses everything after ``error``."""
-
-    def refuse(payload: Buffer) -> bytes:
-        raise _refusal(error)
-
-    return refuse
-
-
 class SecurityContext:
     """One side (client or server) of a Negotiate security context.
 
@@ -100,6 +97,9 @@ class SecurityContext:
         require_mutual_auth: bool = False,
         allow_ntlm_fallback: bool = True,
         ntlm_seal_sign_only: bool = False,
+        channel_binding_policy: ChannelBindingPolicy = "mechanism",
+        allowed_spns: Collection[str] | None = None,
+        delegate: bool = False,
     ) -> None:
         if protocol not in _PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}: use 'negotiate', 'ntlm' or 'kerberos'")
@@ -116,13 +116,20 @@ class SecurityContext:
         self._unprotect: RecordFunction = self._not_ready
         self._rejected: NegotiateError | None = None
         self._fast: NTLMFastPath | None = None  # our NTLM ciphers once they took the records over from pyspnego
+        # Server-only and client-only options are ignored on the other side, as in .NET, so that one option set
+        # can configure both ends.
+        self._policy = AcceptorPolicy(channel_binding_policy, channel_bindings, allowed_spns) if server_side else None
+        self.delegate = delegate and not server_side
+        self._impersonation: ImpersonationLevel = "impersonation"
+        self._delegated: Credentials | None = None
         self._ctx = new_context(
             server_side=server_side,
             credentials=self._credentials,
             target=target,
             protocol=protocol,
             level=self.required_protection_level,
-            channel_bindings=channel_bindings,
+            channel_bindings=None if server_side else channel_bindings,  # an acceptor gets them at each step
+            delegate=self.delegate,
         )
         # Negotiate without the Kerberos extra can only pick NTLM. Refused at the first step, not here, which is
         # where the refused fallback surfaces on a machine with Kerberos, so both fail at the same point.
@@ -161,9 +168,10 @@ class SecurityContext:
         """
         if self._kerberos_missing is not None:  # before pyspnego produces a token that could only be NTLM
             raise kerberos_unavailable(str(self._kerberos_missing), fallback_disabled=True) from self._kerberos_missing
+        bindings = self._policy.bindings_for(in_token) if self._policy is not None else None
         try:
             with acceptor_environment(self._credentials if self.is_server else None):
-                out = self._ctx.step(in_token)
+                out = self._ctx.step(in_token, channel_bindings=bindings)
         except Exception as exc:  # pyspnego raises SpnegoError, ValueError, struct.error... on bad tokens
             raise handshake_error(deferred_gss_error(self._ctx) or exc, self.is_server, token=in_token) from exc
         if not self.allow_ntlm_fallback and self.negotiated_protocol == "ntlm":
@@ -172,11 +180,17 @@ class SecurityContext:
                 "make Kerberos work (SPN, keytab, ticket) or allow NTLM",
                 status=SEC_E_LOGON_DENIED,
             )
+        if self.delegate:  # before the AP-REQ without a forwarded ticket leaves (or NTLM goes on)
+            check_delegation(self._ctx, self.negotiated_protocol)
         if self._ctx.complete and self._protection_level is None:
             self._finish()
         return bytes(out) if out is not None else None
 
     def _finish(self) -> None:
+        protocol = self.negotiated_protocol
+        ntlm = self._policy.ntlm if self._policy is not None else None
+        if self._policy is not None:  # first, as .NET checks the service names first
+            self._policy.enforce(self._ctx, protocol)
         level = records.negotiated_level(self._ctx)
         if level.rank < self.required_protection_level.rank:
             raise ProtectionLevelError(
@@ -191,6 +205,9 @@ class SecurityContext:
                 "(NTLM never does): use Kerberos or drop require_mutual_auth",
                 status=SEC_E_LOGON_DENIED,
             )
+        self._impersonation = impersonation_level(self._ctx, protocol, ntlm)
+        if self.is_server and self._impersonation == "delegation":
+            self._delegated = delegated_credentials(self._ctx, self.peer_identity)
         self._protection_level = level
         # Once, at completion: the ciphers continue where pyspnego's record state stands right now.
         self._fast = take_over(self._ctx)
@@ -254,7 +271,7 @@ class SecurityContext:
         # naming the first failure, not each other.
         if self._rejected is None:
             self._rejected = error
-            self._unprotect = _failed(error)
+            self._unprotect = records.refused(error)
 
     def wrap_message(self, message: bytes, *, encrypt: bool = False) -> bytes:
         """Wrap one message outside the record stream, e.g. the RFC 4752 SASL GSSAPI security-layer message.
@@ -279,7 +296,7 @@ class SecurityContext:
         if self._protection_level is None:
             raise LocalProtocolError("cannot unwrap a message before the security context is established")
         if self._rejected is not None:
-            raise _refusal(self._rejected)
+            raise records.refusal(self._rejected)
         try:
             return records.unwrap_message(self._ctx, token, self._fast)
         except Exception as exc:
@@ -348,6 +365,17 @@ class SecurityContext:
             principal = self._ctx.client_principal
             return str(principal) if principal else None
         return self.target
+
+    @property
+    def impersonation_level(self) -> ImpersonationLevel:
+        """Once complete: ``"delegation"`` (Kerberos forwarded the client's TGT), ``"identification"`` (the client
+        allowed identification only) or ``"impersonation"``, as .NET's ``ImpersonationLevel``."""
+        return self._impersonation
+
+    @property
+    def delegated_credentials(self) -> Credentials | None:
+        """Server side: the client's forwarded Kerberos ticket, usable as the credentials of outgoing connections."""
+        return self._delegated
 
     @property
     def shares_crypto_state(self) -> bool:

@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from ._options import ProtectionLevel, StreamSizes
+from ._options import Credentials, ImpersonationLevel, ProtectionLevel, StreamSizes
 
 __all__ = [
     "NEED_DATA",
@@ -60,6 +60,15 @@ class SessionInfo:
     #: Per-record overhead and the largest plaintext per record.
     sizes: StreamSizes
     framing: str
+    #: What the client allowed the server to do with its identity (``NegotiateStream.ImpersonationLevel``):
+    #: ``"delegation"`` (Kerberos forwarded the client's ticket), ``"identification"`` (the client allowed only
+    #: that) or ``"impersonation"``. The same value on both sides.
+    impersonation_level: ImpersonationLevel = "impersonation"
+    #: Server side, with ``"delegation"``: the client's forwarded Kerberos ticket as :class:`Credentials` (an
+    #: in-process ``MEMORY:`` ticket cache), to pass as ``credentials=`` to the server's own outgoing connections,
+    #: which then authenticate as the client. The cache is freed when that object is garbage-collected: keep it (not
+    #: a copy) while in use. ``None`` otherwise.
+    delegated_credentials: Credentials | None = None
 
     @property
     def is_encrypted(self) -> bool:

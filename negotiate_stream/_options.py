@@ -7,14 +7,19 @@ can use them without importing pyspnego.
 from __future__ import annotations
 
 import enum
+import string
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
 __all__ = [
+    "CHANNEL_BINDING_POLICIES",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "RECEIVE_SIZE",
+    "ChannelBindingPolicy",
     "ContextOptions",
     "Credentials",
+    "ImpersonationLevel",
     "ProtectionLevel",
     "ProtocolName",
     "StreamSizes",
@@ -28,6 +33,15 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 RECEIVE_SIZE = 256 * 1024
 
 ProtocolName = Literal["negotiate", "ntlm", "kerberos"]
+
+#: How an acceptor treats the client's channel bindings (.NET ``PolicyEnforcement``, plus the default
+#: ``"mechanism"``: each mechanism's own rule, what the library always did); see :class:`ContextOptions`.
+ChannelBindingPolicy = Literal["mechanism", "never", "when_supported", "always"]
+CHANNEL_BINDING_POLICIES: tuple[ChannelBindingPolicy, ...] = ("mechanism", "never", "when_supported", "always")
+
+#: What the client allowed the server to do with its identity (.NET ``TokenImpersonationLevel``): only identify
+#: it, act as it on the server's own host, or also on other hosts (Kerberos delegation).
+ImpersonationLevel = Literal["identification", "impersonation", "delegation"]
 
 
 class ProtectionLevel(str, enum.Enum):
@@ -66,7 +80,8 @@ class Credentials:
     """Who we are.
 
     Client: ``username`` + ``password`` (with ``domain``, or ``DOMAIN\\user`` / ``user@REALM`` in ``username``),
-    or nothing / ``ccache`` for the current Kerberos ticket cache, or ``username`` + ``keytab`` (a client keytab).
+    or ``username`` + ``nt_hash`` (the account's NT hash, 32 hex digits: NTLM only, as ``DOMAIN\\user``), or nothing /
+    ``ccache`` for the current Kerberos ticket cache, or ``username`` + ``keytab`` (a client keytab).
     With a separate ``domain``, Kerberos uses ``user@DOMAIN`` (upper-cased realm) and NTLM ``DOMAIN\\user``, as .NET.
     Server: ``ntlm_user_file`` (lines ``DOMAIN:USER:PASSWORD`` or smbpasswd-style hashes, see
     :func:`write_ntlm_user_file`) for NTLM, ``keytab`` for Kerberos; by default the ``NTLM_USER_FILE`` and
@@ -76,7 +91,10 @@ class Credentials:
     'negotiate-stream[kerberos]'``, which builds python-gssapi against the system Kerberos library (libkrb5, e.g.
     Debian's ``libkrb5-dev``); without it ``"negotiate"`` authenticates with NTLM only.
 
-    The password is never shown by ``repr``.
+    A server's :attr:`SessionInfo.delegated_credentials <negotiate_stream.SessionInfo.delegated_credentials>` is
+    one of these too (``username`` + a ``MEMORY:`` ``ccache``), ready for the server's own outgoing connections.
+
+    Neither the password nor the NT hash is ever shown by ``repr`` or in an error message.
     """
 
     username: str | None = None
@@ -85,6 +103,18 @@ class Credentials:
     ccache: str | None = None
     keytab: str | None = None
     ntlm_user_file: str | None = None
+    nt_hash: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.nt_hash is None:
+            return
+        # The messages never quote the value: it is as good as the password to anyone who reads the log.
+        if len(self.nt_hash) != 32 or not set(self.nt_hash) <= set(string.hexdigits):
+            raise ValueError("nt_hash must be the account's NT hash as 32 hexadecimal digits")
+        if self.password is not None or self.ccache is not None or self.keytab is not None:
+            raise ValueError("nt_hash replaces the password: give it without password, ccache or keytab")
+        if not self.username:
+            raise ValueError("nt_hash needs the username (and domain) it belongs to")
 
     @property
     def principal(self) -> str | None:
@@ -125,6 +155,19 @@ class ContextOptions(TypedDict, total=False):
       without the ``kerberos`` extra the first step raises :class:`~negotiate_stream.errors.KerberosUnavailableError`).
     - ``ntlm_seal_sign_only``: at protection level ``"sign"`` with NTLM, seal the records as gss-ntlmssp does (.NET
       on Linux/macOS) instead of the Windows layout (signature + plaintext). Both sides must agree.
+    - ``channel_binding_policy`` (server): ``"always"`` refuses a client that did not prove the channel (sent no
+      bindings, or NTLM's all-zero "no channel" value), ``"when_supported"`` refuses only wrong bindings,
+      ``"never"`` ignores them (.NET ``PolicyEnforcement``). The default ``"mechanism"`` keeps each mechanism's own
+      rule: the NTLM acceptor refuses a client without bindings, MIT Kerberos accepts it. Refusals raise
+      :class:`~negotiate_stream.errors.ChannelBindingError` (``SEC_E_BAD_BINDINGS``). See docs/howto-server-policy.md.
+    - ``allowed_spns`` (server): the service names the server answers to (.NET ``ServiceNameCollection``), e.g.
+      ``["HTTP/web.example.com"]``: the NTLM client's MsvAvTargetName, or the service principal of the Kerberos
+      ticket, must be one of them (case-insensitive; a name without ``@REALM`` matches any realm). A client that
+      names no target is refused under ``"always"`` only; ``"never"`` skips the check.
+      :class:`~negotiate_stream.errors.ServiceNameError` (``ERROR_TRUST_FAILURE``, as .NET) otherwise.
+    - ``delegate`` (client): ask Kerberos to forward the client's TGT to the server (``TokenImpersonationLevel
+      .Delegation``); needs a forwardable ticket (``kinit -f``; a password or keytab gets one itself). The handshake
+      fails before the ticket is sent if the ticket cannot be forwarded, or with NTLM, which cannot delegate.
     """
 
     credentials: Credentials | None
@@ -135,3 +178,6 @@ class ContextOptions(TypedDict, total=False):
     require_mutual_auth: bool
     allow_ntlm_fallback: bool
     ntlm_seal_sign_only: bool
+    channel_binding_policy: ChannelBindingPolicy
+    allowed_spns: Collection[str] | None
+    delegate: bool

@@ -35,6 +35,7 @@ __all__ = [
     "FramingError",
     "HandshakeError",
     "HandshakeTimeoutError",
+    "IdleTimeoutError",
     "IntegrityError",
     "KerberosUnavailableError",
     "LocalProtocolError",
@@ -42,6 +43,7 @@ __all__ = [
     "NegotiateError",
     "ProtectionLevelError",
     "RemoteProtocolError",
+    "ServiceNameError",
     "StreamClosedError",
     "TruncatedStreamError",
     "status_name",
@@ -168,6 +170,17 @@ class ChannelBindingError(AuthenticationError):
     default_status = SEC_E_BAD_BINDINGS
 
 
+class ServiceNameError(AuthenticationError):
+    """The client authenticated for a service name the server does not answer to (its ``allowed_spns``).
+
+    The server's extended-protection check (.NET ``ExtendedProtectionPolicy.CustomServiceNames``): the NTLM client's
+    MsvAvTargetName, or the Kerberos ticket's service principal, is not listed, or the client named no target under
+    ``channel_binding_policy="always"``. :attr:`status` is ``ERROR_TRUST_FAILURE``, the code .NET sends for it.
+    """
+
+    default_status = ERROR_TRUST_FAILURE
+
+
 class KerberosUnavailableError(AuthenticationError):
     """Kerberos was required but cannot run here: the ``kerberos`` extra (python-gssapi, krb5) is not installed.
 
@@ -207,7 +220,7 @@ class ConnectionLostError(RemoteProtocolError):
     type never depends on whether the peer's close arrived as a FIN or an RST.
     """
 
-    default_status = SEC_E_INCOMPLETE_MESSAGE
+    default_status: int | None = SEC_E_INCOMPLETE_MESSAGE
 
 
 class TruncatedStreamError(ConnectionLostError):
@@ -225,6 +238,18 @@ class MalformedTokenError(AuthenticationError, FramingError):
     """
 
     default_status = SEC_E_INVALID_TOKEN
+
+
+class IdleTimeoutError(ConnectionLostError, TimeoutError):
+    """No record arrived from the peer within the adapter's ``idle_timeout``: the connection was closed.
+
+    An authenticated peer that goes silent, or vanishes without a reset (a cable pulled, a host powered off),
+    looks the same from here, so this is a :class:`ConnectionLostError` (and a :class:`TimeoutError`). Raised by
+    the read that was waiting (``StreamReader.read`` of :func:`negotiate_stream.asyncio_.start_server`,
+    :meth:`negotiate_stream.anyio_.NegotiateStream.receive`); later calls raise :class:`BrokenStreamError`.
+    """
+
+    default_status = None
 
 
 class IntegrityError(RemoteProtocolError):

@@ -27,7 +27,7 @@ from typing import Any
 from ._connection import Connection
 from ._context import Credentials, SecurityContext
 from ._events import Data, EndOfStream, Event, HandshakeComplete, SessionInfo
-from ._spnego.ntlm_users import write_ntlm_user_file
+from ._spnego.ntlm_users import ntlm_hashes, write_ntlm_user_file
 
 __all__ = ["DEFAULT_DOMAIN", "NTLMUsers", "connection_pair", "exchange", "handshake", "transfer"]
 
@@ -74,13 +74,18 @@ class NTLMUsers:
         """Account names as ``DOMAIN\\user``."""
         return [f"{d}\\{u}" for d, u in self._accounts]
 
-    def client_credentials(self, name: str | None = None, *, password: str | None = None) -> Credentials:
+    def client_credentials(
+        self, name: str | None = None, *, password: str | None = None, nt_hash: bool = False
+    ) -> Credentials:
         """Client credentials for account ``name`` (default: the first).
 
-        ``password`` overrides the account's password (for wrong-password tests).
+        ``password`` overrides the account's password (for wrong-password tests). With ``nt_hash`` the credentials
+        carry the password's NT hash instead of the password (``Credentials(nt_hash=...)``, NTLM only).
         """
         domain, user = self._split(name) if name else next(iter(self._accounts))
         actual = password if password is not None else self._accounts[(domain, user)]
+        if nt_hash:
+            return Credentials(username=user, domain=domain, nt_hash=ntlm_hashes(actual)[1].hex())
         return Credentials(username=user, password=actual, domain=domain)
 
     def server_credentials(self) -> Credentials:

@@ -21,6 +21,7 @@ from spnego._sspi import SSPIProxy
 from spnego.channel_bindings import GssChannelBindings
 
 from .._options import Credentials, ProtectionLevel, ProtocolName
+from ..errors import SEC_E_NO_CREDENTIALS, AuthenticationError
 from .environment import acceptor_environment
 from .ntlm_users import ntlm_hashes
 from .translate import creation_error, kerberos_unavailable
@@ -57,9 +58,13 @@ def split_target(target: str) -> tuple[str, str]:
     return service, host.split("@", 1)[0]
 
 
-def context_req(level: ProtectionLevel) -> ContextReq:
-    """The pyspnego context flags that ask for protection ``level`` (and mutual authentication, if possible)."""
-    flags = ContextReq.mutual_auth
+def context_req(level: ProtectionLevel, *, delegate: bool = False) -> ContextReq:
+    """The pyspnego context flags that ask for protection ``level`` (and mutual authentication, if possible).
+
+    ``delegate`` asks Kerberos to forward the client's TGT; pyspnego then also gets a forwardable one from a password
+    or keytab.
+    """
+    flags = ContextReq.mutual_auth | (ContextReq.delegate if delegate else ContextReq.none)
     if level is ProtectionLevel.NONE:
         # Request neither sign nor seal so that the peer (e.g. .NET) also sees ProtectionLevel.None and does not
         # frame the data; no_integrity stops Kerberos from adding integrity on its own.
@@ -78,20 +83,28 @@ def new_context(
     protocol: ProtocolName,
     level: ProtectionLevel,
     channel_bindings: bytes | None,
+    delegate: bool = False,
 ) -> spnego.ContextProxy:
     """A pyspnego initiator or acceptor for these options.
 
+    An acceptor gets ``channel_bindings=None``: its bindings go to each step (:class:`.acceptor.AcceptorPolicy`).
     Raises ValueError for a malformed ``target``, :class:`~negotiate_stream.errors.KerberosUnavailableError` for
     ``"kerberos"`` without the extra, and :class:`~negotiate_stream.errors.AuthenticationError` when pyspnego (or a
-    kinit for a password or keytab) cannot create the context.
+    kinit for a password or keytab) cannot create the context, or for an NT hash with ``"kerberos"``.
     """
     service, host = split_target(target)
     if protocol == "kerberos":
         missing = kerberos_import_error()
         if missing is not None:
             raise kerberos_unavailable(str(missing)) from missing
+        if credentials.nt_hash is not None and not server_side:
+            raise AuthenticationError(
+                "an NT hash authenticates with NTLM only: use protocol 'ntlm' or 'negotiate', or a password, "
+                "ticket cache or keytab for Kerberos",
+                status=SEC_E_NO_CREDENTIALS,
+            )
     bindings = GssChannelBindings(application_data=channel_bindings) if channel_bindings is not None else None
-    flags = context_req(level)
+    flags = context_req(level, delegate=delegate and not server_side)
     try:
         if server_side:
             # pyspnego's KerberosKeytab only serves initiators (a kinit from a keytab); an acceptor gets its keytab
@@ -121,7 +134,10 @@ def _new_client(
     level: ProtectionLevel,
 ) -> spnego.ContextProxy:
     username: Any = creds.principal
-    if creds.password is not None and creds.domain and creds.username and not {"\\", "@"} & set(creds.username):
+    if creds.nt_hash is not None:
+        # pyspnego's NTLM hash credential; its repr hides the hash, and without an LM hash NTLMv2 is used.
+        username = spnego.NTLMHash(username=creds.principal or "", nt_hash=creds.nt_hash.lower())
+    elif creds.password is not None and creds.domain and creds.username and not {"\\", "@"} & set(creds.username):
         username = _domain_user_credentials(creds.username, creds.domain, creds.password, protocol)
     if creds.ccache is not None:
         username = spnego.KerberosCCache(ccache=creds.ccache, principal=creds.principal)

@@ -19,7 +19,7 @@ from spnego import ContextReq
 from spnego._ntlm import NTLMProxy
 
 from .._options import ProtectionLevel
-from ..errors import IntegrityError
+from ..errors import IntegrityError, NegotiateError
 
 if TYPE_CHECKING:
     from .ntlm_takeover import NTLMFastPath
@@ -33,6 +33,8 @@ __all__ = [
     "mechanism",
     "negotiated_level",
     "record_functions",
+    "refusal",
+    "refused",
     "shares_crypto_state",
     "unwrap_message",
     "wrap_message",
@@ -46,6 +48,20 @@ RecordFunction = Callable[[Buffer], bytes]
 #: An NTLM signature: version 1, 8-byte checksum, 4-byte sequence number (MS-NLMP 2.2.2.9).
 NTLM_SIGNATURE_SIZE = 16
 _NTLM_ESS_FLAG = 0x00080000  # NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY
+
+
+def refusal(error: NegotiateError) -> IntegrityError:
+    """The error for any incoming record or wrapped message after ``error`` (a context never recovers from one)."""
+    return IntegrityError(f"the security context already rejected a record ({error}); open a new connection")
+
+
+def refused(error: NegotiateError) -> RecordFunction:
+    """An unprotect function that refuses everything after ``error``."""
+
+    def refuse(payload: Buffer) -> bytes:
+        raise refusal(error)
+
+    return refuse
 
 
 def mechanism(ctx: spnego.ContextProxy) -> Any:
