@@ -117,19 +117,34 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "client credentials",
         "Without --user, the current Kerberos ticket cache is used. A password is never taken from the command "
-        "line: it comes from --password-env, --password-file, or an interactive prompt on the terminal.",
+        "line: it comes from --password-env, --password-file, or an interactive prompt on the terminal (or, for "
+        "NTLM, the account's NT hash from --nt-hash-env).",
     )
     group.add_argument("--user", metavar="USER", help="DOMAIN\\user, user@REALM or user (with --domain)")
     group.add_argument("--domain", metavar="DOMAIN", help="NTLM domain / Kerberos realm of a plain --user name")
     source = group.add_mutually_exclusive_group()
     source.add_argument("--password-env", metavar="VAR", help="read the password from environment variable VAR")
     source.add_argument("--password-file", metavar="FILE", help="read the password from the first line of FILE")
+    # An environment variable only, like --password-env: the hash is as good as the password, so it must not sit
+    # on the command line (ps, shell history) either.
+    source.add_argument(
+        "--nt-hash-env",
+        metavar="VAR",
+        help="NTLM only: authenticate with the account's NT hash (32 hex digits) read from environment variable "
+        "VAR instead of a password",
+    )
     group.add_argument("--ccache", metavar="CCACHE", help="use this Kerberos credential cache (e.g. FILE:/tmp/cc)")
     group.add_argument("--keytab", metavar="FILE", help="client keytab to get a ticket for --user from")
     group.add_argument(
         "--require-mutual-auth", action="store_true", help="fail unless the server proves its identity (Kerberos)"
     )
     group.add_argument("--no-ntlm-fallback", action="store_true", help="with negotiate: refuse to fall back to NTLM")
+    group.add_argument(
+        "--delegate",
+        action="store_true",
+        help="Kerberos only: forward your ticket so the server can act as you on other hosts (needs a forwardable "
+        "ticket, kinit -f); the handshake fails if the ticket cannot be forwarded or NTLM is negotiated",
+    )
 
 
 def add_server_options(parser: argparse.ArgumentParser) -> None:
@@ -145,3 +160,13 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         "(negotiate_stream._context.write_ntlm_user_file writes hashed ones)",
     )
     group.add_argument("--keytab", metavar="FILE", help="Kerberos acceptor keytab")
+    # No channel-binding policy option: the command has no TLS, so there is no channel for a client to bind to.
+    group.add_argument(
+        "--allowed-spn",
+        action="append",
+        dest="allowed_spns",
+        metavar="SPN",
+        help="answer only to this service name (repeatable): the client's NTLM target name or the service of its "
+        "Kerberos ticket must be one of them, ignoring case; others are refused with ERROR_TRUST_FAILURE "
+        "(default: any)",
+    )

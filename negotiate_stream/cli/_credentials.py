@@ -1,10 +1,11 @@
-"""From parsed arguments to context options: credentials, and where a client's password comes from."""
+"""From parsed arguments to context options: credentials, and where a client's password (or NT hash) comes from."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import os
+import string
 import sys
 from typing import Any
 
@@ -54,6 +55,33 @@ def _read_password(args: argparse.Namespace) -> str | None:
     return getpass.getpass(f"password for {args.user}: ")
 
 
+def _read_nt_hash(args: argparse.Namespace) -> str:
+    """The NT hash in ``--nt-hash-env``'s variable, checked here so that a bad one is a usage error.
+
+    No message quotes the value: even a malformed one may be most of a real hash.
+    """
+    variable = args.nt_hash_env
+    if args.protocol == "kerberos" or args.no_ntlm_fallback:
+        raise CLIUsageError(
+            "--nt-hash-env authenticates with NTLM only: use --protocol ntlm, or negotiate without --no-ntlm-fallback"
+        )
+    if args.ccache or args.keytab:
+        raise CLIUsageError("--nt-hash-env replaces the password: give it without --ccache or --keytab")
+    if args.delegate:
+        raise CLIUsageError("--delegate needs Kerberos, and an NT hash authenticates with NTLM only")
+    value = os.environ.get(variable)
+    if value is None:
+        raise CLIUsageError(f"--nt-hash-env: environment variable {variable} is not set")
+    value = value.strip()  # whitespace is never part of a hash: a value pasted with its newline still works
+    if not value:
+        raise CLIUsageError(f"--nt-hash-env: environment variable {variable} is empty")
+    if len(value) != 32 or not set(value) <= set(string.hexdigits):
+        raise CLIUsageError(
+            f"--nt-hash-env: environment variable {variable} does not hold an NT hash (32 hexadecimal digits)"
+        )
+    return value
+
+
 def client_options(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`~negotiate_stream.ContextOptions` of an initiator, from parsed arguments.
 
@@ -65,22 +93,32 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIUsageError("--password-env/--password-file need --user")
     if args.keytab and args.user is None:
         raise CLIUsageError("--keytab needs --user (the principal to get a ticket for)")
+    if args.nt_hash_env and args.user is None:
+        raise CLIUsageError("--nt-hash-env needs --user (the account the NT hash belongs to)")
+    if args.delegate and args.protocol == "ntlm":
+        raise CLIUsageError("--delegate needs Kerberos: NTLM cannot delegate (use --protocol kerberos or negotiate)")
     if args.user is not None:
         domain, sep, user = args.user.partition("\\")
         username, user_domain = (user, domain) if sep else (args.user, args.domain)
-        options["credentials"] = Credentials(
-            username=username,
-            password=_read_password(args),
-            domain=user_domain,
-            ccache=args.ccache,
-            keytab=args.keytab,
-        )
+        if args.nt_hash_env:
+            credentials = Credentials(username=username, domain=user_domain, nt_hash=_read_nt_hash(args))
+        else:
+            credentials = Credentials(
+                username=username,
+                password=_read_password(args),
+                domain=user_domain,
+                ccache=args.ccache,
+                keytab=args.keytab,
+            )
+        options["credentials"] = credentials
     elif args.ccache:
         options["credentials"] = Credentials(ccache=args.ccache)
     if args.require_mutual_auth:
         options["require_mutual_auth"] = True
     if args.no_ntlm_fallback:
         options["allow_ntlm_fallback"] = False
+    if args.delegate:
+        options["delegate"] = True
     return options
 
 
@@ -96,6 +134,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIUsageError(f"{flag}: cannot read {path}")
     if args.users_file or args.keytab:
         options["credentials"] = Credentials(ntlm_user_file=args.users_file, keytab=args.keytab)
+    if args.allowed_spns:
+        options["allowed_spns"] = list(args.allowed_spns)
     if args.protocol == "ntlm" and "credentials" not in options and not os.environ.get("NTLM_USER_FILE"):
         raise CLIUsageError("an NTLM server needs accounts: give --users-file FILE (or set NTLM_USER_FILE)")
     return options

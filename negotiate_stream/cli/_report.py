@@ -101,6 +101,7 @@ def session_fields(info: SessionInfo, handshake_seconds: float) -> dict[str, Any
         "mutually_authenticated": info.mutually_authenticated,
         "encrypted": info.is_encrypted,
         "signed": info.is_signed,
+        "impersonation_level": info.impersonation_level,
         "framing": info.framing,
         "handshake_ms": round(handshake_seconds * 1000, 1),
     }

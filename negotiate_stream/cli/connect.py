@@ -44,6 +44,12 @@ _EXAMPLES = f"""examples:
   # .NET on Linux, NTLM sign-only records; password prompted on the terminal
   negotiate-stream connect 10.0.0.5:9000 --user alice --domain EXAMPLE --protection sign --ntlm-seal-sign-only
 
+  # NTLM with the account's NT hash (32 hex digits in $NS_NT_HASH) instead of its password
+  negotiate-stream connect 10.0.0.5:9000 --user 'EXAMPLE\\alice' --nt-hash-env NS_NT_HASH < request.bin
+
+  # Kerberos delegation: the service may act as you on other hosts (a forwardable ticket: kinit -f)
+  negotiate-stream connect app.example.com:9000 --protocol kerberos --delegate < request.bin
+
   # local port forwarding: plain clients of 127.0.0.1:6380 reach the far side of a 'serve --forward'
   negotiate-stream connect gateway.example.com:9000 --local 127.0.0.1:6380 --ccache FILE:/tmp/krb5cc_1000 --json
 
@@ -105,8 +111,8 @@ async def _open(host: str, port: int, args: argparse.Namespace, options: dict[st
 def _describe_session(address: str, fields: dict[str, Any]) -> str:
     return (
         f"authenticated to {address}, server {fields['peer_identity']} ({fields['protocol']}, "
-        f"{fields['protection_level']}, mutual auth: {'yes' if fields['mutually_authenticated'] else 'no'}, "
-        f"{fields['handshake_ms']} ms)"
+        f"{fields['protection_level']}, impersonation level: {fields['impersonation_level']}, "
+        f"mutual auth: {'yes' if fields['mutually_authenticated'] else 'no'}, {fields['handshake_ms']} ms)"
     )
 
 

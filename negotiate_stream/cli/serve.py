@@ -51,6 +51,10 @@ _EXAMPLES = f"""examples:
   negotiate-stream serve --listen :9000 --echo --keytab /etc/app.keytab --target host/app.example.com \\
       --protocol kerberos --protection sign --max-connections 50 -v
 
+  # answer only to clients that authenticated for one of these service names (others: ERROR_TRUST_FAILURE)
+  negotiate-stream serve --listen :9000 --echo --users-file users.txt \\
+      --allowed-spn host/app.example.com --allowed-spn HTTP/app.example.com
+
 {EXIT_CODES_HELP}
 """
 
@@ -183,7 +187,7 @@ class _Server:
         self.reporter.event(
             "handshake",
             f"{peer}: authenticated {info.peer_identity} ({info.protocol}, {info.protection_level.value}, "
-            f"{fields['handshake_ms']} ms)",
+            f"impersonation level: {info.impersonation_level}, {fields['handshake_ms']} ms)",
             peer=peer,
             **fields,
         )
@@ -245,7 +249,8 @@ class _Server:
 
 def _gateway_text(args: argparse.Namespace) -> str:
     allow = f", allow {' '.join(args.allow)}" if args.allow else ""
-    return allow + (f", PROXY protocol {args.proxy_protocol}" if args.proxy_protocol else "")
+    spns = f", allowed SPNs {' '.join(args.allowed_spns)}" if args.allowed_spns else ""
+    return allow + spns + (f", PROXY protocol {args.proxy_protocol}" if args.proxy_protocol else "")
 
 
 async def _serve(args: argparse.Namespace, options: dict[str, Any], reporter: Reporter) -> int:
@@ -265,6 +270,7 @@ async def _serve(args: argparse.Namespace, options: dict[str, Any], reporter: Re
         protection_level=options["protection_level"].value,
         idle_timeout=args.idle_timeout,
         allow=args.allow,
+        allowed_spns=args.allowed_spns,
         proxy_protocol=args.proxy_protocol,
     )
     await serve_until_stopped(server, state.active)

@@ -26,6 +26,8 @@ USER = "NEGOTIATE-TEST\\alice"
 TIMEOUT = 60
 # The client reads its password from this variable: a password is never accepted on the command line.
 _PASSWORD_VARIABLE = "NS_TEST_PASSWORD"
+#: ``connect --nt-hash-env`` reads the account's NT hash from this variable (:func:`run_connect_nt_hash`).
+NT_HASH_VARIABLE = "NS_TEST_NT_HASH"
 
 
 def client_env(password: str) -> dict[str, str]:
@@ -51,6 +53,19 @@ def run_connect(port: int, *extra: str, stdin: bytes | IO[bytes], password: str)
         timeout=TIMEOUT,
         check=False,
         **source,
+    )
+
+
+def run_connect_nt_hash(port: int, *extra: str, stdin: bytes, nt_hash: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``connect`` to ``127.0.0.1:port`` as :data:`USER` with ``nt_hash`` in its ``--nt-hash-env`` variable
+    instead of a password; capture its output (the exit status is not checked)."""
+    return subprocess.run(
+        [*CLI, "connect", f"127.0.0.1:{port}", "--user", USER, "--nt-hash-env", NT_HASH_VARIABLE, *extra],
+        input=stdin,
+        capture_output=True,
+        env={**os.environ, NT_HASH_VARIABLE: nt_hash},
+        timeout=TIMEOUT,
+        check=False,
     )
 
 
