@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from negotiate_stream._connection import SessionInfo
+from negotiate_stream import SessionInfo
 from negotiate_stream.sync import NegotiateSocket
 
 

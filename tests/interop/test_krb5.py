@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from negotiate_stream import channel_bindings, sasl_gssapi
-from negotiate_stream._connection import NEED_DATA, Connection, Data, HandshakeComplete
+from negotiate_stream import NEED_DATA, Connection, Data, HandshakeComplete, channel_bindings, sasl_gssapi
 from negotiate_stream._context import Credentials, SecurityContext
 from negotiate_stream.errors import (
     SEC_E_BAD_BINDINGS,

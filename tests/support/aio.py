@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+from negotiate_stream import Connection, Data, HandshakeComplete, SessionInfo
 from negotiate_stream import asyncio_ as nsa
-from negotiate_stream._connection import Connection, Data, HandshakeComplete, SessionInfo
 from negotiate_stream._context import SecurityContext
 from negotiate_stream._framing import nns
 from negotiate_stream.testing import NTLMUsers

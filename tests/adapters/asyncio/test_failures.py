@@ -12,8 +12,8 @@ import logging
 
 import pytest
 
+from negotiate_stream import NEED_DATA, Connection
 from negotiate_stream import asyncio_ as nsa
-from negotiate_stream._connection import NEED_DATA, Connection
 from negotiate_stream._context import SecurityContext
 from negotiate_stream._framing import nns
 from negotiate_stream.errors import (

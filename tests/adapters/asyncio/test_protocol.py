@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
+from negotiate_stream import SessionInfo
 from negotiate_stream import asyncio_ as nsa
-from negotiate_stream._connection import SessionInfo
 from negotiate_stream._context import ProtectionLevel
 from negotiate_stream._framing import nns
 from negotiate_stream.errors import StreamClosedError

@@ -14,8 +14,8 @@ import zlib
 
 import pytest
 
+from negotiate_stream import Connection, State
 from negotiate_stream import asyncio_ as nsa
-from negotiate_stream._connection import Connection, State
 from negotiate_stream._context import SecurityContext
 from negotiate_stream._framing import nns
 from negotiate_stream.errors import FramingError
