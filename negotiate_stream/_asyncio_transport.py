@@ -1,32 +1,31 @@
-"""The asyncio engine behind :mod:`negotiate_stream.asyncio_`: the negotiating protocol and the app's transport.
+"""The data path of the asyncio adapter: the app's transport, delivery to the app, the shared receive buffer.
 
-:class:`NegotiateProtocol` is the protocol the socket transport talks to; it drives a :class:`Connection` and
-presents a :class:`NegotiateTransport` to the application's own protocol, the way asyncio's ``SSLProtocol``
-presents an SSL transport. Both are re-exported by :mod:`negotiate_stream.asyncio_`, which also holds the
-public entry points (``start_negotiate``, ``open_connection``, ``start_server``, ``wrap_streams``).
+:class:`NegotiateTransport` protects what the application writes: :class:`~._asyncio_protocol.NegotiateProtocol`
+(the protocol the socket transport talks to) hands it to the application's own protocol once the handshake
+succeeded, the way asyncio's ``SSLProtocol`` presents an SSL transport, and passes it every verified record through
+:func:`deliver`. Both classes are re-exported by :mod:`negotiate_stream.asyncio_`, which also holds the public
+entry points (``start_negotiate``, ``open_connection``, ``start_server``, ``wrap_streams``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._connection import Connection
-from ._events import Data, EndOfStream, HandshakeComplete, SessionInfo, State
-from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
-from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError, TruncatedStreamError
+from ._events import SessionInfo, State
+from ._options import RECEIVE_SIZE
+from .errors import StreamClosedError
 
-__all__ = ["NegotiateProtocol", "NegotiateTransport"]
+if TYPE_CHECKING:
+    from ._asyncio_protocol import NegotiateProtocol
 
-# Failed handshakes are reported here by start_server (the handshake trace itself is the Connection's).
-logger = logging.getLogger("negotiate_stream")
+__all__ = ["NegotiateTransport", "deliver", "receive_buffer"]
 
 _thread_state = threading.local()
 
 
-def _receive_buffer() -> memoryview:
+def receive_buffer() -> memoryview:
     """The receive buffer shared by every NegotiateProtocol of this thread's event loop.
 
     asyncio calls ``get_buffer`` and ``buffer_updated`` back to back in one callback, and
@@ -37,6 +36,22 @@ def _receive_buffer() -> memoryview:
     if view is None:
         view = _thread_state.view = memoryview(bytearray(RECEIVE_SIZE))
     return view
+
+
+def deliver(app: asyncio.BaseProtocol, data: bytes) -> None:
+    """Pass verified plaintext to the application protocol: ``data_received``, or a BufferedProtocol's buffers."""
+    if isinstance(app, asyncio.BufferedProtocol):
+        view = memoryview(data)
+        while view:
+            target = memoryview(app.get_buffer(len(view))).cast("B")
+            if not target:
+                raise RuntimeError("the application protocol's get_buffer() returned an empty buffer")
+            count = min(len(target), len(view))
+            target[:count] = view[:count]
+            view = view[count:]
+            app.buffer_updated(count)
+    else:
+        app.data_received(data)  # type: ignore[attr-defined]
 
 
 class NegotiateTransport(asyncio.Transport):
@@ -171,228 +186,3 @@ class NegotiateTransport(asyncio.Transport):
     def get_protocol(self) -> asyncio.BaseProtocol:
         """Return the application protocol."""
         return self._neg.app_protocol
-
-
-class NegotiateProtocol(asyncio.BufferedProtocol):
-    """Run a :class:`Connection` over a transport on behalf of an application protocol.
-
-    Pass it as the protocol of ``loop.create_connection`` / ``loop.create_server`` (or let
-    :func:`~negotiate_stream.asyncio_.start_negotiate` install it on an existing transport). It reads into a
-    reused receive buffer, feeds the handshake, and once the handshake succeeds hands the application protocol a
-    :class:`NegotiateTransport`; after that every verified record goes to the app's ``data_received`` (or, for an
-    :class:`asyncio.BufferedProtocol`, is copied into its ``get_buffer()``), and a clean EOF to ``eof_received``.
-
-    ``waiter`` (optional) receives the :class:`NegotiateTransport` when the handshake succeeds, or the handshake
-    error. ``call_connection_made`` decides whether the app protocol's ``connection_made`` is called then. A
-    handshake that does not finish within ``handshake_timeout`` seconds (``None``: no limit) fails with
-    :class:`HandshakeTimeoutError` and aborts the transport. A handshake failure sends the peer an MS-NNS Error
-    frame, closes the transport and fails ``waiter``; the app protocol hears nothing. A failure after the handshake
-    (tampering, truncation, ...) closes the transport and reaches the app protocol as ``connection_lost(exc)``
-    with the typed error; nothing unverified is ever passed to the app.
-    """
-
-    def __init__(
-        self,
-        connection: Connection,
-        app_protocol: asyncio.BaseProtocol,
-        *,
-        waiter: asyncio.Future[NegotiateTransport] | None = None,
-        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
-        call_connection_made: bool = True,
-        initial_data: bytes = b"",
-    ) -> None:
-        self.connection = connection
-        self.app_protocol = app_protocol
-        self.app_transport: NegotiateTransport | None = None
-        self._waiter = waiter
-        self._handshake_timeout = handshake_timeout
-        self._call_connection_made = call_connection_made
-        self._initial_data = initial_data
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._app_reading = True
-        self._closed = False
-        self._error: Exception | None = None
-        self._keep_open_after_eof = False
-        # Inner write-buffer state, and whether the app was told: a pause during the handshake is passed on
-        # after connection_made, and a resume only follows a pause the app has seen.
-        self._inner_write_paused = False
-        self._app_write_paused = False
-
-    # -- transport callbacks -------------------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Start the handshake on ``transport`` (a client sends its first token now)."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        if self._handshake_timeout is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
-        self._flush()
-        if self._initial_data:
-            data, self._initial_data = self._initial_data, b""
-            self._feed(data)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        """Return the reused receive buffer."""
-        return _receive_buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """Feed the ``nbytes`` just received to the Connection and process the events."""
-        self._feed(_receive_buffer()[:nbytes])
-
-    def eof_received(self) -> bool | None:
-        """Feed EOF: a clean end at a record boundary reaches the app's ``eof_received``, else an error."""
-        self._feed(b"")
-        # True keeps the transport open for our own writes: the app asked for a half-close in _on_eof.
-        return self._keep_open_after_eof
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Fail a pending handshake, or tell the app protocol (with the typed error that closed the stream)."""
-        self._cancel_timer()
-        if self.app_transport is None:
-            self._fail_waiter(
-                exc
-                or self._error
-                or TruncatedStreamError("the peer closed the connection during the handshake (no error frame)")
-            )
-            return
-        if not self._closed:
-            self._closed = True
-            self.app_protocol.connection_lost(exc if exc is not None else self._error)
-
-    def pause_writing(self) -> None:
-        """Pass the inner transport's pause on to the app protocol (after the handshake)."""
-        self._inner_write_paused = True
-        if self.app_transport is not None and not self._app_write_paused:
-            self._app_write_paused = True
-            self.app_protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        """Pass the inner transport's resume on to the app protocol, if it was told to pause."""
-        self._inner_write_paused = False
-        if self._app_write_paused:
-            self._app_write_paused = False
-            self.app_protocol.resume_writing()
-
-    # -- the engine ----------------------------------------------------------------------------------------------
-
-    def _feed(self, data: bytes | memoryview) -> None:
-        if self.connection.state in (State.BROKEN, State.CLOSED):
-            return  # already failed or closed by us: ignore late bytes
-        try:
-            self.connection.receive_data(data)  # copies: the receive buffer is reused at once
-        except NegotiateError as exc:
-            self._fail(exc)
-            return
-        self._process()
-
-    def _process(self) -> None:
-        conn = self.connection
-        if conn.state in (State.BROKEN, State.CLOSED):
-            return  # closed by the app (or failed): late records are dropped, not an error
-        try:
-            while self._app_reading or self.app_transport is None:
-                if self.app_transport is not None and conn.state is not State.ESTABLISHED:
-                    # The app closed its transport from a callback (connection_made, data_received): records
-                    # still queued are dropped, and the close stays a clean one (connection_lost(None)).
-                    return
-                event = conn.next_event()
-                if isinstance(event, Data):
-                    self._deliver(event.data)
-                elif isinstance(event, HandshakeComplete):
-                    self._flush()
-                    self._on_handshake_complete(event.info)
-                elif isinstance(event, EndOfStream):
-                    self._on_eof()
-                    return
-                else:
-                    break
-            self._flush()
-        except NegotiateError as exc:
-            self._fail(exc)
-
-    def _deliver(self, data: bytes) -> None:
-        app = self.app_protocol
-        if isinstance(app, asyncio.BufferedProtocol):
-            view = memoryview(data)
-            while view:
-                target = memoryview(app.get_buffer(len(view))).cast("B")
-                if not target:
-                    raise RuntimeError("the application protocol's get_buffer() returned an empty buffer")
-                count = min(len(target), len(view))
-                target[:count] = view[:count]
-                view = view[count:]
-                app.buffer_updated(count)
-        else:
-            app.data_received(data)  # type: ignore[attr-defined]
-
-    def _on_handshake_complete(self, info: SessionInfo) -> None:
-        self._cancel_timer()
-        assert self._transport is not None
-        self.app_transport = NegotiateTransport(self, self._transport, info)
-        if self._call_connection_made:
-            self.app_protocol.connection_made(self.app_transport)
-        if self._inner_write_paused and not self._app_write_paused:
-            self._app_write_paused = True
-            self.app_protocol.pause_writing()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(self.app_transport)
-
-    def _on_eof(self) -> None:
-        eof_received = getattr(self.app_protocol, "eof_received", None)  # optional on a plain BaseProtocol
-        self._keep_open_after_eof = eof_received is not None and bool(eof_received())
-        if not self._keep_open_after_eof and self._transport is not None:
-            self._transport.close()
-
-    def _flush(self) -> None:
-        out = self.connection.data_to_send()
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(out)
-
-    def _fail(self, exc: Exception, *, abort: bool = False) -> None:
-        """A fatal error: tell the peer (Error frame during the handshake), close (or abort), report to the app."""
-        if self._error is None:
-            self._error = exc
-        self.connection.mark_broken(exc)
-        self._flush()
-        if self.app_transport is None:
-            self._fail_waiter(exc)
-        if self._transport is None:
-            return
-        if abort:
-            self._transport.abort()
-        else:
-            self._transport.close()  # connection_lost(None) follows: the app sees self._error
-
-    def _fail_waiter(self, exc: BaseException) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(exc)
-
-    def _on_handshake_timeout(self) -> None:
-        self._timer = None
-        if self.app_transport is None:
-            # Abort, not close: a silent peer must not hold the socket open for a graceful close.
-            timeout = HandshakeTimeoutError(
-                f"the handshake did not complete within {self._handshake_timeout} s: the peer is silent or too "
-                "slow; check that it speaks MS-NNS (NegotiateStream) or raise handshake_timeout"
-            )
-            self._fail(timeout, abort=True)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _set_app_reading(self, reading: bool) -> None:
-        if reading == self._app_reading:
-            return
-        self._app_reading = reading
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if reading:
-            transport.resume_reading()
-            asyncio.get_running_loop().call_soon(self._process)  # deliver records held while paused
-        else:
-            transport.pause_reading()

@@ -34,6 +34,7 @@ from ._context import ProtectionLevel, SecurityContext
 from ._events import NEED_DATA, Data, EndOfStream, Event, HandshakeComplete, SessionInfo, State, _NeedData
 from ._framing import nns, sasl
 from ._framing._records import RecordCodec
+from ._options import Framing
 from .errors import (
     SEC_E_INTERNAL_ERROR,
     AuthenticationError,
@@ -63,7 +64,9 @@ class Connection:
 
     ``framing="nns"`` runs the MS-NNS handshake over the stream, then MS-NNS records. ``framing="sasl"`` takes a
     context already established out of band (e.g. by an LDAP SASL bind) and speaks SASL security-layer records;
-    the :class:`HandshakeComplete` event is then the first event.
+    the :class:`HandshakeComplete` event is then the first event. The Connection tells the context its framing
+    (:meth:`SecurityContext.set_framing`): with the default ``ntlm_seal_sign_only=None``, NTLM at protection level
+    sign is sealed under SASL framing (LDAP-style, as Windows and Samba) and signature + plaintext under MS-NNS.
 
     A client Connection has its first handshake message ready in :meth:`data_to_send` right after construction.
     """
@@ -72,7 +75,7 @@ class Connection:
         self,
         context: SecurityContext,
         *,
-        framing: Literal["nns", "sasl"] = "nns",
+        framing: Framing = "nns",
         sasl_max_buffer: int = sasl.DEFAULT_MAX_BUFFER,
         sasl_peer_max_buffer: int = sasl.DEFAULT_MAX_BUFFER,
         error_byteorder: Literal["big", "little"] = "big",
@@ -91,6 +94,8 @@ class Connection:
         self._pending: list[Event] = []
         self.info: SessionInfo | None = None
         self._codec: RecordCodec
+        # First, so the records get the layout of this framing; it refuses an unknown framing with ValueError.
+        context.set_framing(framing)
         if framing == "nns":
             self._codec = nns.NNSRecordCodec()
             if not context.is_server:

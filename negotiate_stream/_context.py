@@ -25,6 +25,7 @@ from ._options import (
     ChannelBindingPolicy,
     ContextOptions,
     Credentials,
+    Framing,
     ImpersonationLevel,
     ProtectionLevel,
     ProtocolName,
@@ -96,7 +97,7 @@ class SecurityContext:
         channel_bindings: bytes | None = None,
         require_mutual_auth: bool = False,
         allow_ntlm_fallback: bool = True,
-        ntlm_seal_sign_only: bool = False,
+        ntlm_seal_sign_only: bool | None = None,
         channel_binding_policy: ChannelBindingPolicy = "mechanism",
         allowed_spns: Collection[str] | None = None,
         delegate: bool = False,
@@ -110,10 +111,11 @@ class SecurityContext:
         self.require_mutual_auth = require_mutual_auth
         self.allow_ntlm_fallback = allow_ntlm_fallback
         self.ntlm_seal_sign_only = ntlm_seal_sign_only
+        self._framing: Framing = "nns"  # until a Connection says otherwise (set_framing)
         self._credentials = credentials or Credentials()
         self._protection_level: ProtectionLevel | None = None
-        self._protect: RecordFunction = self._not_ready
-        self._unprotect: RecordFunction = self._not_ready
+        self._protect: RecordFunction = records.not_ready
+        self._unprotect: RecordFunction = records.not_ready
         self._rejected: NegotiateError | None = None
         self._fast: NTLMFastPath | None = None  # our NTLM ciphers once they took the records over from pyspnego
         # Server-only and client-only options are ignored on the other side, as in .NET, so that one option set
@@ -215,20 +217,20 @@ class SecurityContext:
 
     def _bind_protection(self, level: ProtectionLevel) -> None:
         # Choose the per-record functions once, so the hot path has no branching on level or mechanism.
-        ntlm_sign_layout = self.negotiated_protocol == "ntlm" and not self.ntlm_seal_sign_only
-        functions = records.record_functions(self._ctx, level, ntlm_sign_layout=ntlm_sign_layout, fast=self._fast)
-        if functions is None:
-            self._protect = self._unprotect = self._no_protection
-        else:
-            self._protect, self._unprotect = functions
+        layout = records.ntlm_sign_layout(self.negotiated_protocol, self.ntlm_seal_sign_only, self._framing)
+        functions = records.record_functions(self._ctx, level, ntlm_sign_layout=layout, fast=self._fast)
+        self._protect, self._unprotect = functions or (records.no_protection, records.no_protection)
+        if self._rejected is not None:  # a rejection stays sticky whatever the functions become
+            self._unprotect = records.refused(self._rejected)
 
-    @staticmethod
-    def _not_ready(data: Buffer) -> bytes:
-        raise LocalProtocolError("the security context is not established yet: finish the handshake first")
-
-    @staticmethod
-    def _no_protection(data: Buffer) -> bytes:
-        raise LocalProtocolError("protection level is 'none': data is not wrapped, send it as is")
+    def set_framing(self, framing: Framing) -> None:
+        """Say which framing carries the records (:class:`~negotiate_stream.Connection` does, before the first one):
+        with ``ntlm_seal_sign_only=None`` it picks the NTLM sign layout, sealed under SASL (:class:`ContextOptions`)."""
+        if framing not in ("nns", "sasl"):
+            raise ValueError("framing must be 'nns' or 'sasl'")
+        self._framing = framing
+        if self._protection_level is not None:
+            self._bind_protection(self._protection_level)
 
     # -- data ----------------------------------------------------------------------------------------------------
 

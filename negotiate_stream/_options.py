@@ -19,6 +19,7 @@ __all__ = [
     "ChannelBindingPolicy",
     "ContextOptions",
     "Credentials",
+    "Framing",
     "ImpersonationLevel",
     "ProtectionLevel",
     "ProtocolName",
@@ -33,6 +34,9 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30.0
 RECEIVE_SIZE = 256 * 1024
 
 ProtocolName = Literal["negotiate", "ntlm", "kerberos"]
+
+#: How records travel after the handshake: MS-NNS (.NET NegotiateStream) or SASL security-layer buffers (LDAP).
+Framing = Literal["nns", "sasl"]
 
 #: How an acceptor treats the client's channel bindings (.NET ``PolicyEnforcement``, plus the default
 #: ``"mechanism"``: each mechanism's own rule, what the library always did); see :class:`ContextOptions`.
@@ -153,8 +157,11 @@ class ContextOptions(TypedDict, total=False):
     - ``require_mutual_auth``: fail the handshake unless the server proved its identity (Kerberos).
     - ``allow_ntlm_fallback``: with ``"negotiate"``, set False to refuse NTLM (fails before credentials are sent;
       without the ``kerberos`` extra the first step raises :class:`~negotiate_stream.errors.KerberosUnavailableError`).
-    - ``ntlm_seal_sign_only``: at protection level ``"sign"`` with NTLM, seal the records as gss-ntlmssp does (.NET
-      on Linux/macOS) instead of the Windows layout (signature + plaintext). Both sides must agree.
+    - ``ntlm_seal_sign_only``: the record layout at protection level ``"sign"`` with NTLM. ``True`` seals the
+      records, as gss-ntlmssp (.NET on Linux/macOS) does and as Windows and Samba LDAP do (NTLM sign used
+      LDAP-style is sealed); ``False`` is the Windows MS-NNS layout (signature + plaintext). The default ``None``
+      (auto) follows the framing: sealed under SASL framing, the Windows layout under MS-NNS and for a context
+      used without a :class:`~negotiate_stream.Connection`. Both sides must agree.
     - ``channel_binding_policy`` (server): ``"always"`` refuses a client that did not prove the channel (sent no
       bindings, or NTLM's all-zero "no channel" value), ``"when_supported"`` refuses only wrong bindings,
       ``"never"`` ignores them (.NET ``PolicyEnforcement``). The default ``"mechanism"`` keeps each mechanism's own
@@ -177,7 +184,7 @@ class ContextOptions(TypedDict, total=False):
     channel_bindings: bytes | None
     require_mutual_auth: bool
     allow_ntlm_fallback: bool
-    ntlm_seal_sign_only: bool
+    ntlm_seal_sign_only: bool | None
     channel_binding_policy: ChannelBindingPolicy
     allowed_spns: Collection[str] | None
     delegate: bool

@@ -30,7 +30,6 @@ the locks and anyio's cancellation rules.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -39,12 +38,14 @@ import anyio
 from anyio import TypedAttributeSet, typed_attribute
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 
+from ._anyio_handshake import PEER_LOSS, negotiate
+from ._anyio_memory import MemoryByteStream, memory_stream_pair
 from ._connection import Connection
 from ._context import ProtectionLevel, SecurityContext
 from ._events import SessionInfo
 from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
-from ._stream_engine import StreamEngine, error_frame, handshake_step
-from .errors import HandshakeTimeoutError
+from ._stream_engine import PEER_LOSS_ERRORS, StreamEngine, peer_lost
+from .errors import IdleTimeoutError
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer, Unpack
@@ -62,9 +63,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("negotiate_stream")
-
-# How long a failing handshake may spend telling the peer why (the Error frame) before the transport is closed.
-_ERROR_FRAME_TIMEOUT = 5.0
 
 
 class NegotiateAttribute(TypedAttributeSet):
@@ -88,12 +86,24 @@ class NegotiateStream(ByteStream):
     :meth:`receive` returns verified plaintext and raises :class:`anyio.EndOfStream` when the peer closed at a
     record boundary; :meth:`send` protects and writes. Protocol failures raise the typed errors of
     :mod:`negotiate_stream.errors`, and every call after a failure raises :class:`BrokenStreamError`; any call
-    after :meth:`aclose` raises :class:`anyio.ClosedResourceError`.
+    after :meth:`aclose` raises :class:`anyio.ClosedResourceError`. A peer that vanishes is typed: a reset or
+    broken pipe (anyio's ``BrokenResourceError``, the ``__cause__``) is a :class:`TruncatedStreamError` inside a
+    record, else a :class:`ConnectionLostError`.
     """
 
-    def __init__(self, transport_stream: ByteStream, connection: Connection, info: SessionInfo) -> None:
+    def __init__(
+        self,
+        transport_stream: ByteStream,
+        connection: Connection,
+        info: SessionInfo,
+        *,
+        idle_timeout: float | None = None,
+    ) -> None:
         """Wrap an established ``connection``; prefer :meth:`wrap`, which runs the handshake first."""
         self.transport_stream = transport_stream
+        #: Seconds one :meth:`receive` may wait without a record arriving before it closes the stream and raises
+        #: :class:`IdleTimeoutError` (``None``: no bound). The wait between two receive calls is not counted.
+        self.idle_timeout = idle_timeout
         self._conn = connection
         self._info = info
         self._receive_lock = anyio.Lock()
@@ -110,6 +120,7 @@ class NegotiateStream(ByteStream):
         server_side: bool = False,
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         context: SecurityContext | None = None,
+        idle_timeout: float | None = None,
         **options: Unpack[ContextOptions],
     ) -> NegotiateStream:
         """Authenticate over ``transport_stream`` and return the protected stream.
@@ -118,25 +129,19 @@ class NegotiateStream(ByteStream):
         frame (if the Connection queued one) is sent, ``transport_stream`` is closed and the typed error raised:
         :class:`AuthenticationError` (:class:`HandshakeError` when the peer rejected us),
         :class:`HandshakeTimeoutError` after ``handshake_timeout`` seconds, :class:`TruncatedStreamError` when
-        the peer closed during the handshake, another :class:`RemoteProtocolError` for garbage from the peer.
+        the peer closed or reset the connection during the handshake, another :class:`RemoteProtocolError` for
+        garbage from the peer. The deadline covers building the context too: context work that may reach a KDC
+        (Kerberos, or Negotiate with the ``kerberos`` extra) runs in a worker thread, never on the event loop.
+        ``idle_timeout`` bounds each :meth:`receive` (see :attr:`idle_timeout`).
         """
-        try:
-            connection = Connection(context or SecurityContext.create(server_side, **options))
-        except BaseException:
-            await anyio.aclose_forcefully(transport_stream)
-            raise
-        try:
-            with anyio.move_on_after(handshake_timeout) as scope:
-                info = await _run_handshake(transport_stream, connection)
-            if scope.cancelled_caught:
-                raise HandshakeTimeoutError(
-                    f"the handshake did not complete within {handshake_timeout} s: the peer is slow, silent or "
-                    "does not speak MS-NNS; raise handshake_timeout or check the peer"
-                )
-        except BaseException:
-            await _abort_handshake(transport_stream, connection)
-            raise
-        return cls(transport_stream, connection, info)
+        connection, info = await negotiate(
+            transport_stream,
+            server_side=server_side,
+            handshake_timeout=handshake_timeout,
+            context=context,
+            options=options,
+        )
+        return cls(transport_stream, connection, info, idle_timeout=idle_timeout)
 
     # -- information ------------------------------------------------------------------------------------------
 
@@ -171,28 +176,56 @@ class NegotiateStream(ByteStream):
         The rest of a record larger than ``max_bytes`` is kept for the next call. Raises
         :class:`anyio.EndOfStream` once the peer closed at a record boundary, :class:`TruncatedStreamError` if it
         closed inside a record, :class:`IntegrityError` for a record that fails its check (nothing of it is
-        returned), :class:`BrokenStreamError` after any earlier failure. A cancelled receive loses nothing: bytes
-        already read stay buffered for the next call.
+        returned), :class:`ConnectionLostError` when the peer reset the connection, :class:`IdleTimeoutError`
+        (the stream is then closed) when no record arrived within :attr:`idle_timeout`, :class:`BrokenStreamError`
+        after any earlier failure. A cancelled receive loses nothing: bytes already read stay buffered for the
+        next call.
         """
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
         engine = self._engine
         async with self._receive_lock:
             engine.check_usable()
+            deadline = None if self.idle_timeout is None else anyio.current_time() + self.idle_timeout
             while (data := engine.read(max_bytes)) is None:
-                try:
-                    chunk = await self.transport_stream.receive(RECEIVE_SIZE)
-                except anyio.EndOfStream:
-                    chunk = b""
-                except anyio.get_cancelled_exc_class():
-                    raise  # nothing was consumed: the stream stays usable
-                except BaseException as exc:
-                    engine.read_failed(exc)
-                    raise
+                if deadline is None:
+                    engine.receive_data(await self._receive_chunk())
+                    continue
+                chunk: bytes | None = None
+                with anyio.CancelScope(deadline=deadline):  # only a record arriving counts, not part of one
+                    chunk = await self._receive_chunk()
+                if chunk is None:
+                    raise await self._idle_timed_out()
                 engine.receive_data(chunk)
             if not data:
                 raise anyio.EndOfStream
             return data
+
+    async def _receive_chunk(self) -> bytes:
+        """Read from the transport (``b""`` at EOF); a failure that may have consumed bytes breaks the stream."""
+        try:
+            return await self.transport_stream.receive(RECEIVE_SIZE)
+        except anyio.EndOfStream:
+            return b""
+        except anyio.get_cancelled_exc_class():
+            raise  # nothing was consumed: the stream stays usable
+        except PEER_LOSS as exc:
+            lost = peer_lost(exc, buffered=self._conn.buffered)
+            self._engine.read_failed(lost)
+            raise lost from exc
+        except BaseException as exc:
+            self._engine.read_failed(exc)
+            raise
+
+    async def _idle_timed_out(self) -> IdleTimeoutError:
+        """Break and close the stream after :attr:`idle_timeout`; return the error to raise."""
+        error = IdleTimeoutError(
+            f"no record arrived from the peer for {self.idle_timeout} s (idle_timeout): the stream was closed; the "
+            "peer is silent or gone"
+        )
+        self._engine.read_failed(error)
+        await anyio.aclose_forcefully(self.transport_stream)
+        return error
 
     # -- send side --------------------------------------------------------------------------------------------
 
@@ -209,6 +242,10 @@ class NegotiateStream(ByteStream):
             for wire in self._engine.writes(item):
                 try:
                     await self.transport_stream.send(wire)
+                except PEER_LOSS as exc:
+                    lost = peer_lost(exc)  # at a record boundary of this side's stream: ConnectionLostError
+                    self._engine.write_failed(lost)
+                    raise lost from exc
                 except BaseException as exc:
                     self._engine.write_failed(exc)  # cancelled too: part of a record may be out
                     raise
@@ -236,54 +273,32 @@ class NegotiateStream(ByteStream):
         return f"<NegotiateStream {self._conn!r} over {self.transport_stream!r}>"
 
 
-async def _run_handshake(stream: ByteStream, conn: Connection) -> SessionInfo:
-    """Drive the handshake of ``conn`` over ``stream`` until it completes (errors propagate)."""
-    while True:
-        await _send_pending(stream, conn)
-        info = handshake_step(conn)
-        await _send_pending(stream, conn)  # replies, and the server's final HandshakeDone
-        if info is not None:
-            return info
-        try:
-            chunk = await stream.receive(RECEIVE_SIZE)
-        except anyio.EndOfStream:
-            chunk = b""
-        conn.receive_data(chunk)
-
-
-async def _send_pending(stream: ByteStream, conn: Connection) -> None:
-    out = conn.data_to_send()
-    if out:
-        await stream.send(out)
-
-
-async def _abort_handshake(stream: ByteStream, conn: Connection) -> None:
-    """Tell the peer why (the queued MS-NNS Error frame, if any), then close ``stream``; never raises."""
-    out = error_frame(conn)
-    with anyio.CancelScope(shield=True):
-        if out:
-            with anyio.move_on_after(_ERROR_FRAME_TIMEOUT), contextlib.suppress(Exception):
-                await stream.send(out)
-        with contextlib.suppress(Exception):
-            await stream.aclose()
-
-
 async def connect(
     host: str,
     port: int,
     *,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     context: SecurityContext | None = None,
+    idle_timeout: float | None = None,
     **options: Unpack[ContextOptions],
 ) -> NegotiateStream:
     """Connect over TCP (:func:`anyio.connect_tcp`) and authenticate as a client.
 
     The target defaults to ``host/<host>``. Raises what :meth:`NegotiateStream.wrap` raises, or the connect
-    error (:class:`OSError`).
+    error (:class:`OSError`, e.g. ``ConnectionRefusedError``); a server that resets the connection right after
+    accepting it is a :class:`TruncatedStreamError`, as it is once the handshake started.
     """
     options.setdefault("target", f"host/{host}")
-    stream = await anyio.connect_tcp(host, port)
-    return await NegotiateStream.wrap(stream, handshake_timeout=handshake_timeout, context=context, **options)
+    try:
+        stream = await anyio.connect_tcp(host, port)
+    except OSError as exc:  # anyio reports the OS error of its (last) attempt as the cause
+        reset = exc if isinstance(exc, PEER_LOSS_ERRORS) else exc.__cause__
+        if isinstance(reset, PEER_LOSS_ERRORS):
+            raise peer_lost(reset, handshake=True) from reset
+        raise
+    return await NegotiateStream.wrap(
+        stream, handshake_timeout=handshake_timeout, context=context, idle_timeout=idle_timeout, **options
+    )
 
 
 class NegotiateListener(Listener[NegotiateStream]):
@@ -291,7 +306,10 @@ class NegotiateListener(Listener[NegotiateStream]):
 
     Each handshake runs in the connection's own task with ``handshake_timeout``. A failed (or timed-out)
     handshake is logged on the ``negotiate_stream`` logger as a warning with the peer address and the error
-    (never credentials), closes only that connection, and the listener keeps serving.
+    (never credentials), closes only that connection, and the listener keeps serving. ``idle_timeout`` (seconds,
+    default ``None``: no bound) becomes every stream's :attr:`NegotiateStream.idle_timeout`: a handler's
+    :meth:`~NegotiateStream.receive` that waits that long without a record raises :class:`IdleTimeoutError` and
+    closes the connection.
     """
 
     def __init__(
@@ -299,11 +317,13 @@ class NegotiateListener(Listener[NegotiateStream]):
         listener: Listener[Any],
         *,
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        idle_timeout: float | None = None,
         **options: Unpack[ContextOptions],
     ) -> None:
         """``options`` build a fresh server :class:`SecurityContext` for every connection."""
         self.listener = listener
         self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
         self._options = options
 
     async def serve(
@@ -320,7 +340,11 @@ class NegotiateListener(Listener[NegotiateStream]):
             peer = transport_stream.extra(SocketAttribute.remote_address, None)
             try:
                 stream = await NegotiateStream.wrap(
-                    transport_stream, server_side=True, handshake_timeout=self.handshake_timeout, **self._options
+                    transport_stream,
+                    server_side=True,
+                    handshake_timeout=self.handshake_timeout,
+                    idle_timeout=self.idle_timeout,
+                    **self._options,
                 )
             except Exception as exc:
                 # A handshake error is the client's problem (or an attack): report it, keep listening.
@@ -338,59 +362,3 @@ class NegotiateListener(Listener[NegotiateStream]):
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         """The wrapped listener's attributes (e.g. ``SocketAttribute.local_address``)."""
         return self.listener.extra_attributes
-
-
-class MemoryByteStream(ByteStream):
-    """One end of an in-memory byte stream built on anyio memory object streams (see :func:`memory_stream_pair`).
-
-    Supports :meth:`send_eof` (the peer's :meth:`receive` then raises :class:`anyio.EndOfStream`).
-    """
-
-    def __init__(
-        self,
-        send_stream: anyio.abc.ObjectSendStream[bytes],
-        receive_stream: anyio.abc.ObjectReceiveStream[bytes],
-    ) -> None:
-        """Send chunks on ``send_stream``, read them from ``receive_stream``."""
-        self._send_stream = send_stream
-        self._receive_stream = receive_stream
-        self._leftover = b""
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        """Return 1 to ``max_bytes`` bytes; keeps the rest of a larger chunk for the next call.
-
-        Raises :class:`anyio.EndOfStream` after the peer's :meth:`send_eof` or :meth:`aclose`.
-        """
-        if not self._leftover:
-            self._leftover = await self._receive_stream.receive()
-        data, self._leftover = self._leftover[:max_bytes], self._leftover[max_bytes:]
-        return data
-
-    async def send(self, item: bytes) -> None:
-        """Queue a copy of ``item`` for the peer (waits while the peer's buffer is full); empty sends nothing.
-
-        Raises :class:`anyio.ClosedResourceError` after :meth:`send_eof`, :class:`anyio.BrokenResourceError`
-        when the peer closed.
-        """
-        if item:
-            await self._send_stream.send(bytes(item))
-
-    async def send_eof(self) -> None:
-        """Close the sending direction: the peer sees EOF after the bytes already sent."""
-        await self._send_stream.aclose()
-
-    async def aclose(self) -> None:
-        """Close both directions (idempotent)."""
-        await self._send_stream.aclose()
-        await self._receive_stream.aclose()
-
-
-def memory_stream_pair(max_buffer_chunks: float = 16) -> tuple[MemoryByteStream, MemoryByteStream]:
-    """Return two connected in-memory byte streams.
-
-    Each direction buffers up to ``max_buffer_chunks`` sends (``0``: a send waits for the peer's receive;
-    ``math.inf``: never waits).
-    """
-    a_send, b_receive = anyio.create_memory_object_stream[bytes](max_buffer_chunks)
-    b_send, a_receive = anyio.create_memory_object_stream[bytes](max_buffer_chunks)
-    return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)

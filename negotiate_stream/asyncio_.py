@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ._asyncio_transport import NegotiateProtocol, NegotiateTransport, logger
-from ._connection import Connection
+from ._asyncio_protocol import NegotiateProtocol, logger
+from ._asyncio_transport import NegotiateTransport
 from ._context import SecurityContext
+from ._offload import connection_or_builder
 from ._options import DEFAULT_HANDSHAKE_TIMEOUT
-from .errors import StreamClosedError
+from ._stream_engine import PEER_LOSS_ERRORS, peer_lost
+from .errors import NegotiateError, StreamClosedError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -79,7 +81,7 @@ async def start_negotiate(
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[NegotiateTransport] = loop.create_future()
     try:
-        connection = Connection(context or SecurityContext.create(server_side, **options))
+        connection = connection_or_builder(server_side, context, options)
     except BaseException:
         transport.close()
         raise
@@ -116,24 +118,29 @@ async def open_connection(
     Authenticates as the client unless ``server_side`` (a connecting acceptor, for reversed roles). The client's
     target (SPN) defaults to ``host/<host>``. ``writer.drain()`` waits while the socket's write buffer is above its
     high-water mark. ``writer.get_extra_info("negotiate_stream")`` is the :class:`SessionInfo`. Raises the typed
-    handshake error (the socket is then closed); ``limit`` is the StreamReader's buffer limit.
+    handshake error (the socket is then closed) - :class:`TruncatedStreamError` when the server closes or resets
+    the connection before the handshake completes, even right after accepting it - or the connect error
+    (:class:`OSError`, e.g. ``ConnectionRefusedError``); ``limit`` is the StreamReader's buffer limit.
     """
     loop = asyncio.get_running_loop()
     if not server_side:
         options.setdefault("target", f"host/{host}")
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     app = asyncio.StreamReaderProtocol(reader, loop=loop)
-    connection = Connection(context or SecurityContext.create(server_side, **options))
+    connection = connection_or_builder(server_side, context, options)
     waiter: asyncio.Future[NegotiateTransport] = loop.create_future()
-    transport, _ = await loop.create_connection(
-        lambda: NegotiateProtocol(connection, app, waiter=waiter, handshake_timeout=handshake_timeout), host, port
-    )
+    try:
+        transport, _ = await loop.create_connection(
+            lambda: NegotiateProtocol(connection, app, waiter=waiter, handshake_timeout=handshake_timeout), host, port
+        )
+    except PEER_LOSS_ERRORS as exc:  # the server accepted, then reset before asyncio saw the connect complete
+        raise peer_lost(exc, handshake=True) from exc
     try:
         app_transport = await waiter
     except BaseException:
         transport.close()
         raise
-    return reader, asyncio.StreamWriter(app_transport, app, reader, loop)
+    return reader, _StreamWriter(app_transport, app, reader, loop)
 
 
 async def start_server(
@@ -143,6 +150,7 @@ async def start_server(
     *,
     limit: int = 2**16,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    idle_timeout: float | None = None,
     **options: Unpack[ContextOptions],
 ) -> asyncio.Server:
     """Listen on ``host``:``port``; ``client_connected_cb(reader, writer)`` runs after each handshake succeeds.
@@ -151,15 +159,29 @@ async def start_server(
     timeout after ``handshake_timeout`` seconds, a peer that is not MS-NNS) sends the peer an Error frame where
     one applies, is logged as a warning on the ``negotiate_stream`` logger (peer address and error) and closes
     only that connection: the server keeps serving. Returns the :class:`asyncio.Server`.
+
+    ``idle_timeout`` (seconds; default ``None``, no bound) closes an authenticated connection on which no record
+    arrived for that long: the handler's ``reader`` then raises :class:`IdleTimeoutError` (a
+    :class:`ConnectionLostError`) and its writes :class:`BrokenStreamError`. The clock counts only while the
+    reader's buffer has room (a handler that stops reading pauses it) and stops at the client's EOF.
     """
     loop = asyncio.get_running_loop()
 
     def factory() -> NegotiateProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
-        app = asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+        app = asyncio.StreamReaderProtocol(
+            # The handler gets our writer (typed errors from drain()) instead of the one asyncio made.
+            reader,
+            lambda r, w: client_connected_cb(r, _StreamWriter(w.transport, app, r, loop)),
+            loop=loop,
+        )
         waiter: asyncio.Future[NegotiateTransport] = loop.create_future()
         protocol = NegotiateProtocol(
-            Connection(SecurityContext.create(True, **options)), app, waiter=waiter, handshake_timeout=handshake_timeout
+            connection_or_builder(True, None, options),
+            app,
+            waiter=waiter,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
         )
         waiter.add_done_callback(lambda fut: _log_handshake_failure(fut, protocol))
         return protocol
@@ -209,4 +231,33 @@ async def wrap_streams(
     # The old StreamWriter closes the shared socket when it is garbage-collected (StreamWriter.__del__): the new
     # transport keeps it alive for as long as it lives.
     transport.wrapped_writer = writer
-    return new_reader, asyncio.StreamWriter(transport, app, new_reader, loop)
+    return new_reader, _StreamWriter(transport, app, new_reader, loop)
+
+
+class _StreamWriter(asyncio.StreamWriter):
+    """The writer of every stream pair made here: its ``drain()`` raises the typed error that ended the stream.
+
+    asyncio's own ``drain()`` raises a bare ``ConnectionResetError("Connection lost")`` when the transport was lost
+    while it waited, although the reader already holds the typed error (:class:`ConnectionLostError`,
+    :class:`IdleTimeoutError`, ...): that one is raised instead, so one ``except`` clause serves both directions.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        protocol: asyncio.StreamReaderProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self._typed_reader = reader
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark (see :class:`asyncio.StreamWriter`)."""
+        try:
+            await super().drain()
+        except ConnectionResetError:
+            error = self._typed_reader.exception()
+            if isinstance(error, NegotiateError):
+                raise error  # noqa: B904 - already chained to its cause (the OS error)
+            raise

@@ -22,8 +22,9 @@ Needs the ``ldap3`` extra (``pip install 'negotiate-stream[ldap3]'``); Kerberos 
   Samba refuse a SASL layer inside TLS (``unwillingToPerform``).
 * **NTLM "sign" is sealed on the wire.** Windows, and Samba's NTLMSSP client and server, treat NTLMSSP sign as seal
   when the context is used LDAP-style (Samba's ``force_wrap_seal`` under ``GENSEC_FEATURE_LDAP_STYLE``), so an LDAP
-  sign-only session over NTLM wraps with the sealed layout. That is the default here (``ntlm_seal_sign_only=True``);
-  the Windows MS-NNS sign layout (signature + plaintext) is refused by Samba as an invalid signature.
+  sign-only session over NTLM wraps with the sealed layout. That is what the default ``ntlm_seal_sign_only=None``
+  (auto) does under SASL framing; ``False`` forces the Windows MS-NNS sign layout (signature + plaintext), which
+  Samba refuses as an invalid signature.
 * **Channel bindings**: over TLS, ``tls-server-end-point`` bindings are computed from the server certificate
   (:mod:`negotiate_stream.channel_bindings`); ``channel_bindings=`` overrides them (``None``: send none).
 * **Strategies**: ``SYNC`` and ``SAFE_SYNC`` only. The others are refused with :class:`LocalProtocolError`: the
@@ -208,7 +209,7 @@ def bind(
     channel_bindings: bytes | Literal["auto"] | None = "auto",
     require_mutual_auth: bool = False,
     allow_ntlm_fallback: bool = True,
-    ntlm_seal_sign_only: bool = True,
+    ntlm_seal_sign_only: bool | None = None,
     authzid: bytes = b"",
     controls: Any = None,
     read_server_info: bool = True,

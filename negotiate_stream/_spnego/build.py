@@ -15,7 +15,10 @@ import importlib
 from typing import Any
 
 import spnego
-from spnego import ContextReq
+from spnego import ContextReq, NegotiateOptions
+from spnego._context import GSSMech
+from spnego._negotiate import NegotiateProxy
+from spnego._ntlm import NTLMProxy
 from spnego._ntlm_raw.messages import NegotiateFlags
 from spnego._sspi import SSPIProxy
 from spnego.channel_bindings import GssChannelBindings
@@ -152,12 +155,67 @@ def _new_client(
         context_req=flags,
         protocol=protocol,
     )
-    if protocol == "ntlm" and level is ProtectionLevel.NONE:
+    if level is ProtectionLevel.NONE:
         # Without sign/seal pyspnego still offers KEY_EXCH and then sends a 1-byte EncryptedRandomSessionKey,
-        # which gss-ntlmssp (.NET on Linux) and Samba reject with a logon failure. Windows/.NET clients do not
-        # offer KEY_EXCH at ProtectionLevel.None (captures/ntlm-none-hello.txt): neither do we.
-        context._context_req &= ~NegotiateFlags.key_exch
+        # which gss-ntlmssp (.NET on Linux), Samba and Windows reject (a logon failure; LDAP 49 "data 57"). Windows
+        # and .NET clients do not offer KEY_EXCH at ProtectionLevel.None (captures/ntlm-none-hello.txt): neither
+        # do we, as raw NTLM or inside SPNEGO.
+        if isinstance(context, NegotiateProxy):
+            context._available_contexts = _spnego_mechanisms(
+                username, creds.password, host=host, service=service, bindings=bindings, flags=flags
+            )
+        else:
+            _without_key_exch(context)
     return context
+
+
+def _without_key_exch(context: spnego.ContextProxy) -> None:
+    """Stop a pyspnego NTLM initiator from offering KEY_EXCH (before its NEGOTIATE message, which fixes the flags)."""
+    if isinstance(context, NTLMProxy):
+        context._context_req &= ~NegotiateFlags.key_exch
+
+
+def _spnego_mechanisms(
+    username: Any,
+    password: str | None,
+    *,
+    host: str,
+    service: str,
+    bindings: GssChannelBindings | None,
+    flags: ContextReq,
+) -> dict[GSSMech, spnego.ContextProxy] | None:
+    """The mechanism contexts pyspnego's SPNEGO initiator would build at its first step, NTLM without KEY_EXCH.
+
+    pyspnego builds them inside its first step and steps them at once, so NTLM's NEGOTIATE message has left before
+    its flags could be changed: built here and handed over (the way pyspnego's own ``new_context`` hands its
+    contexts to a fresh SPNEGO context), in pyspnego's order and with its options. A mechanism that cannot be
+    created is left out, as pyspnego does; ``None`` (none at all) lets pyspnego build and report the failure.
+    Creating a Kerberos context may acquire credentials (a kinit), which moves that wait from the first step to
+    the creation of the context; the adapters treat both as blocking work.
+    """
+    contexts: dict[GSSMech, spnego.ContextProxy] = {}
+    for name in NegotiateProxy.available_protocols():  # Kerberos first when it can run, as pyspnego prefers it
+        if name == "negotiate":
+            continue
+        # As pyspnego: SPNEGO needs its own NTLM (it resets the crypto state), never SSPI's.
+        use_ntlm = name == "ntlm" and "ntlm" in SSPIProxy.available_protocols()
+        try:
+            context = spnego.client(
+                username,
+                password,
+                hostname=host,
+                service=service,
+                channel_bindings=bindings,
+                context_req=flags,
+                protocol=name,
+                options=NegotiateOptions.use_ntlm if use_ntlm else NegotiateOptions.none,
+            )
+        except Exception:  # e.g. no Kerberos ticket or realm for this user: SPNEGO offers the other mechanisms
+            continue
+        context._is_wrapped = True  # what pyspnego marks on the mechanisms of its SPNEGO contexts
+        _without_key_exch(context)
+        contexts[GSSMech[name]] = context
+    return contexts or None
 
 
 def _domain_user_credentials(user: str, domain: str, password: str, protocol: ProtocolName) -> Any:

@@ -18,8 +18,8 @@ import spnego
 from spnego import ContextReq
 from spnego._ntlm import NTLMProxy
 
-from .._options import ProtectionLevel
-from ..errors import IntegrityError, NegotiateError
+from .._options import Framing, ProtectionLevel
+from ..errors import IntegrityError, LocalProtocolError, NegotiateError
 
 if TYPE_CHECKING:
     from .ntlm_takeover import NTLMFastPath
@@ -32,6 +32,9 @@ __all__ = [
     "is_mutually_authenticated",
     "mechanism",
     "negotiated_level",
+    "no_protection",
+    "not_ready",
+    "ntlm_sign_layout",
     "record_functions",
     "refusal",
     "refused",
@@ -48,6 +51,29 @@ RecordFunction = Callable[[Buffer], bytes]
 #: An NTLM signature: version 1, 8-byte checksum, 4-byte sequence number (MS-NLMP 2.2.2.9).
 NTLM_SIGNATURE_SIZE = 16
 _NTLM_ESS_FLAG = 0x00080000  # NTLMSSP_NEGOTIATE_EXTENDED_SESSIONSECURITY
+
+
+def ntlm_sign_layout(protocol: str | None, seal_sign_only: bool | None, framing: Framing) -> bool:
+    """Whether records at level SIGN use the Windows NTLM sign-only layout (signature + plaintext), not a wrap token.
+
+    ``seal_sign_only`` is the context's ``ntlm_seal_sign_only``; ``None`` (auto) follows the framing. Windows and
+    Samba treat NTLM sign as seal when the context is used LDAP-style (Samba's ``force_wrap_seal`` under
+    ``GENSEC_FEATURE_LDAP_STYLE``, checked against a Samba DC), so SASL framing seals; .NET's NegotiateStream on
+    Windows signs only, so MS-NNS keeps the Windows layout. Kerberos always uses its RFC 4121 tokens.
+    """
+    if seal_sign_only is None:
+        seal_sign_only = framing == "sasl"
+    return protocol == "ntlm" and not seal_sign_only
+
+
+def not_ready(data: Buffer) -> bytes:
+    """The record function of a context whose handshake is not complete: refuses every record."""
+    raise LocalProtocolError("the security context is not established yet: finish the handshake first")
+
+
+def no_protection(data: Buffer) -> bytes:
+    """The record function at protection level none, where data travels unwrapped: refuses every record."""
+    raise LocalProtocolError("protection level is 'none': data is not wrapped, send it as is")
 
 
 def refusal(error: NegotiateError) -> IntegrityError:
@@ -146,7 +172,7 @@ def _fast_functions(
 
         return protect, unprotect
 
-    # ENCRYPT_AND_SIGN, and SIGN with ntlm_seal_sign_only: pyspnego's wrap() seals in both cases. The cipher's
+    # ENCRYPT_AND_SIGN, and SIGN in the sealed layout: pyspnego's wrap() seals in both cases. The cipher's
     # methods are the record functions themselves (no wrapper call per record). After a failure the incoming
     # cipher would raise BrokenStreamError, but SecurityContext never calls it again (its refusals are sticky).
     return fast.outgoing.seal, fast.incoming.unseal
@@ -162,8 +188,8 @@ def record_functions(
     """``(protect, unprotect)`` for records at ``level`` on the complete context; ``None`` at level NONE.
 
     ``ntlm_sign_layout`` selects, at level SIGN, the Windows NTLM sign-only layout (16-byte signature + plaintext)
-    instead of a wrap token; the caller sets it for NTLM unless the peer seals at Sign (gss-ntlmssp). ``fast`` is
-    the context's taken-over NTLM ciphers, if any (:func:`.ntlm_takeover.take_over`): then they do the records.
+    instead of a wrap token (:func:`ntlm_sign_layout` decides it). ``fast`` is the context's taken-over NTLM
+    ciphers, if any (:func:`.ntlm_takeover.take_over`): then they do the records.
     """
     if level is ProtectionLevel.NONE:
         return None
@@ -214,8 +240,8 @@ def record_functions(
                 return bytes(data)  # the one copy: the caller's buffer is reused after this call
 
     elif level is ProtectionLevel.SIGN:
-        # Kerberos: RFC 4121 integrity-only tokens. NTLM with ntlm_seal_sign_only: pyspnego's wrap() seals,
-        # which is what gss-ntlmssp (.NET on Linux/macOS) puts on the wire at ProtectionLevel.Sign.
+        # Kerberos: RFC 4121 integrity-only tokens. NTLM in the sealed layout: pyspnego's wrap() seals,
+        # which is what gss-ntlmssp (.NET on Linux/macOS) and LDAP-style NTLM (Windows, Samba) send at Sign.
 
         def protect(data: Buffer) -> bytes:
             return bytes(wrap(data, False).data)
