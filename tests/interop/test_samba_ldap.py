@@ -4,7 +4,8 @@ The DC refuses a simple bind and an unsigned SASL bind on 389 (``ldap server req
 of the matrix (NTLM, SPNEGO over NTLM, Kerberos over GSS-SPNEGO and over RFC 4752 GSSAPI, SPNEGO over Kerberos;
 each sign-only and sealed) searches, round-trips an entry, pages through 1,000 entries and reads one LDAP message
 larger than 64 KiB. Peer facts verified here: Samba wraps LDAP-style NTLM "sign" with the sealed layout
-(``force_wrap_seal``) and rejects the MS-NNS sign layout; Samba 4.17 refuses every SASL bind over TLS under
+(``force_wrap_seal``; what ``ntlm_seal_sign_only``'s default does under SASL framing, so the matrix passes none)
+and rejects the MS-NNS sign layout; Samba 4.17 refuses every SASL bind over TLS under
 ``strong auth = yes``, accepts one without a layer under ``allow_sasl_over_tls``, and does not check channel
 bindings. ``examples/ldap_sealed_search.py`` runs against the first DC, the LDAPS tests against the second.
 """
@@ -247,7 +248,7 @@ def test_simple_bind_is_refused(domain: Domain) -> None:
     conn.unbind()
 
 
-@pytest.mark.parametrize("name", ["ntlm-sign", "kerberos-sign"])
+@pytest.mark.parametrize("name", ["ntlm-sign", "spnego-ntlm-sign", "kerberos-sign"])
 def test_unsigned_sasl_bind_is_refused(domain: Domain, name: str) -> None:
     """A SASL bind without signing or sealing is SaslBindError strongerAuthRequired (8)."""
     conn = ldap3.Connection(domain.server())
@@ -355,9 +356,8 @@ def certificate_bindings(domain: Domain) -> bytes:
 
 
 @TLS_DC
-# Not SPNEGO over NTLM: at protection level none the context layer still offers NTLM KEY_EXCH inside SPNEGO and
-# sends a 1-byte session key, which Samba refuses (invalidCredentials, data 57); raw NTLM clears the flag.
-@pytest.mark.parametrize("name", ["ntlm-sign", "kerberos-sign", "spnego-kerberos-sign"])
+# SPNEGO over NTLM included: at level none its NTLM offers no KEY_EXCH either (a 1-byte session key was data 57).
+@pytest.mark.parametrize("name", ["ntlm-sign", "spnego-ntlm-sign", "kerberos-sign", "spnego-kerberos-sign"])
 @pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")  # Samba's serial 0
 def test_ldaps_with_automatic_channel_bindings(domain: Domain, name: str) -> None:
     """Over ldaps:// the bindings come from the DC certificate, no SASL layer is added, and operations work."""
