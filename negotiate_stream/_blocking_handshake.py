@@ -12,22 +12,22 @@ timeout period: every read succeeds and the handshake never ends (a slowloris ag
   A peer that drips bytes is cut off by the first call after the deadline; a silent one blocks as long as the
   object's own ``recv`` does.
 * **Context steps.** An NTLM step is local computation and runs inline. A step that may wait on the network
-  (Kerberos, or SPNEGO that may pick Kerberos, whose steps and password ``kinit`` talk to a KDC) runs in a daemon
-  worker thread joined with the time left; on expiry :class:`HandshakeTimeoutError` is raised at once and the
-  thread's late result is dropped with it (the Connection it mutates is never used again).
+  (Kerberos, or SPNEGO that may pick Kerberos, whose steps and password ``kinit`` talk to a KDC: the adapters'
+  one rule, :func:`~negotiate_stream._offload.may_block`) runs in the async adapters' daemon worker thread, joined
+  with the time left; on expiry :class:`HandshakeTimeoutError` is raised at once and the thread's late result is
+  dropped with it (the Connection it mutates is never used again).
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ._events import SessionInfo
+from ._offload import wait_for_thread
 from ._options import RECEIVE_SIZE
-from ._spnego.build import kerberos_import_error
 from ._stream_engine import PEER_LOSS_ERRORS, error_frame, handshake_step, peer_lost
 from .errors import ConnectionLostError, HandshakeTimeoutError, NegotiateError
 
@@ -35,17 +35,12 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from .sync import SocketLike
 
-__all__ = ["HandshakeDeadline", "kerberos_may_run", "run_handshake"]
+__all__ = ["HandshakeDeadline", "run_handshake"]
 
 T = TypeVar("T")
 
 # Longest a failing handshake spends sending the peer its MS-NNS Error frame (as the anyio adapter).
 _ERROR_FRAME_TIMEOUT = 5.0
-
-
-def kerberos_may_run(protocol: str) -> bool:
-    """Whether a context for ``protocol`` may use Kerberos here, so that its steps may block on a KDC."""
-    return protocol != "ntlm" and kerberos_import_error() is None
 
 
 class HandshakeDeadline:
@@ -113,12 +108,11 @@ class HandshakeDeadline:
         if not may_block or left is None:
             result = step()
         else:
-            worker = _Step(step)
-            worker.join(left)
-            if worker.is_alive():
+            outcome = wait_for_thread(step, left)
+            if outcome is None:
                 # The daemon thread finishes (or stays blocked) on its own; nothing ever reads its result.
                 raise self._expired(in_step=True)
-            result = worker.result()
+            result = outcome.unwrap()
         self._left()  # an object that cannot time out its reads is at least stopped here
         return result
 
@@ -135,36 +129,13 @@ class HandshakeDeadline:
             self._arm(self._caller_timeout)
 
 
-class _Step(threading.Thread, Generic[T]):
-    """A daemon thread running one context step; a timed-out handshake abandons it (a daemon never blocks exit)."""
-
-    def __init__(self, step: Callable[[], T]) -> None:
-        super().__init__(name="negotiate-handshake-step", daemon=True)
-        self._step = step
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self._value = self._step()
-        except BaseException as exc:  # handed to the joining thread, which re-raises it
-            self._error = exc
-
-    def result(self) -> T:
-        if self._error is not None:
-            raise self._error
-        value: T = self._value
-        return value
-
-
 def run_handshake(sock: SocketLike, conn: Connection, deadline: HandshakeDeadline, *, kerberos: bool) -> SessionInfo:
     """Drive the handshake of ``conn`` over ``sock`` within ``deadline``; return the negotiated session.
 
-    ``kerberos``: whether steps may block on a KDC (:func:`kerberos_may_run`). Raises the Connection's typed
-    errors (after sending the peer the Error frame they queued), :class:`HandshakeTimeoutError`, and
-    :class:`TruncatedStreamError` (``__cause__``: the OS error) when the peer resets the connection. The caller
-    closes ``sock`` on failure and calls ``deadline.restore()`` in any case.
+    ``kerberos``: whether steps may block on a KDC (:func:`~negotiate_stream._offload.may_block`). Raises the
+    Connection's typed errors (after sending the peer the Error frame they queued), :class:`HandshakeTimeoutError`,
+    and :class:`TruncatedStreamError` (``__cause__``: the OS error) when the peer resets the connection. The
+    caller closes ``sock`` on failure and calls ``deadline.restore()`` in any case.
     """
     try:
         while True:

@@ -1,15 +1,16 @@
-"""Security-context work that may block, moved off the event loop into a worker thread.
+"""Security-context work that may block, run in a worker thread: the one rule and the one thread for all adapters.
 
 Creating a Kerberos (or SPNEGO-with-Kerberos) context may run a kinit, and each handshake step may fetch a service
-ticket: both wait on a KDC, for up to half a minute when it does not answer. The async adapters therefore run that
-work in a thread (:func:`start_thread` for callback code, :func:`run_in_thread` for anyio tasks) and keep their
-handshake deadline running on the loop. Pure NTLM never leaves the process, so it stays on the loop thread, where
-it is cheaper (see :func:`may_block`).
+ticket: both wait on a KDC, for up to half a minute when it does not answer. :func:`may_block` is the one decision
+of whether that can happen; pure NTLM never leaves the process, so its work stays on the caller's thread, where it
+is cheaper. Work that may block runs in a worker thread while the handshake deadline keeps running: the async
+adapters wait on the loop (:func:`start_thread` for callback code, :func:`run_in_thread` for anyio tasks), the
+blocking adapter joins it with the time left (:func:`wait_for_thread`).
 
 Each call gets its own *daemon* thread rather than a pool worker: a thread stuck in a KDC must neither hold back
 the loop's shutdown (asyncio's default executor is joined by ``asyncio.run``) nor the interpreter's exit. When the
-waiter gave up (deadline, cancellation, closed loop) the late outcome is dropped: it is handed to the loop with a
-thread-safe call, and a loop that has closed meanwhile simply refuses it.
+waiter gave up (deadline, cancellation, closed loop) the late outcome is dropped: on a loop it is handed over with
+a thread-safe call, and a loop that has closed meanwhile simply refuses it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from ._spnego.build import kerberos_import_error
 if TYPE_CHECKING:
     from ._options import ContextOptions
 
-__all__ = ["THREAD_NAME", "Outcome", "connection_or_builder", "may_block", "run_in_thread", "start_thread"]
+__all__ = [
+    "THREAD_NAME",
+    "Outcome",
+    "connection_or_builder",
+    "may_block",
+    "run_in_thread",
+    "start_thread",
+    "wait_for_thread",
+]
 
 #: The name of every worker thread started here (tests wait for abandoned ones by it).
 THREAD_NAME = "negotiate_stream context"
@@ -45,7 +54,8 @@ def may_block(protocol: str) -> bool:
 
     True when Kerberos can be attempted: ``"kerberos"``, or ``"negotiate"`` with the ``kerberos`` extra installed
     (pyspnego then tries Kerberos first, kinit included, before it falls back to NTLM). ``"ntlm"``, and
-    ``"negotiate"`` without the extra, never leave the process: those stay on the loop thread.
+    ``"negotiate"`` without the extra, never leave the process: those stay on the caller's thread. Every adapter
+    (asyncio, anyio, blocking sockets) asks this one function.
     """
     return protocol in ("negotiate", "kerberos") and kerberos_import_error() is None
 
@@ -83,22 +93,41 @@ class Outcome(Generic[T]):
 
 
 def start_thread(call: Callable[[], T], deliver: Callable[[Outcome[T]], None], schedule: Scheduler) -> None:
-    """Run ``call()`` in a new daemon thread, then ``deliver`` its :class:`Outcome` on the loop via ``schedule``.
+    """Run ``call()`` in a new daemon thread, then ``deliver`` its :class:`Outcome` via ``schedule``.
 
-    ``deliver`` always runs on the loop thread, and never once the loop has closed (the outcome is then dropped:
-    nobody waits for it any more). It must itself check whether its caller still wants the result.
+    With a loop's thread-safe ``call soon`` as ``schedule``, ``deliver`` runs on the loop thread, and never once
+    the loop has closed (the outcome is then dropped: nobody waits for it any more). It must itself check whether
+    its caller still wants the result.
     """
 
     def work() -> None:
         try:
             outcome: Outcome[T] = Outcome(call())
-        except BaseException as exc:  # everything goes to the loop: an exception here would be "unhandled"
+        except BaseException as exc:  # everything goes to the waiter: an exception here would be "unhandled"
             outcome = Outcome(error=exc)
         # The loop closed (asyncio) or the run finished (trio) while we worked: nobody waits, drop the outcome.
         with contextlib.suppress(RuntimeError):
             schedule(lambda: deliver(outcome))
 
     threading.Thread(target=work, name=THREAD_NAME, daemon=True).start()
+
+
+def wait_for_thread(call: Callable[[], T], timeout: float) -> Outcome[T] | None:
+    """Run ``call()`` in a worker thread (as :func:`start_thread`) and block up to ``timeout`` seconds for it.
+
+    Returns its :class:`Outcome`, or ``None`` if it is still running: the thread is then abandoned, and what it
+    returns or raises later is dropped. For blocking code, which has no loop to hand the outcome to.
+    """
+    done = threading.Event()
+    outcomes: list[Outcome[T]] = []
+
+    def deliver(outcome: Outcome[T]) -> None:
+        outcomes.append(outcome)
+        done.set()
+
+    # No loop to schedule on: the worker delivers in its own thread, and the Event hands the outcome over.
+    start_thread(call, deliver, lambda callback: callback())
+    return outcomes[0] if done.wait(timeout) else None
 
 
 async def run_in_thread(call: Callable[[], T]) -> T:

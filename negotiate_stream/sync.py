@@ -37,10 +37,11 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._blocking_handshake import HandshakeDeadline, kerberos_may_run, run_handshake
+from ._blocking_handshake import HandshakeDeadline, run_handshake
 from ._connection import Connection
 from ._context import ProtectionLevel, SecurityContext
 from ._events import SessionInfo
+from ._offload import may_block
 from ._options import DEFAULT_HANDSHAKE_TIMEOUT, RECEIVE_SIZE
 from ._stream_engine import PEER_LOSS_ERRORS, StreamEngine, peer_lost
 from .errors import HandshakeTimeoutError, NegotiateError, StreamClosedError
@@ -136,7 +137,7 @@ class NegotiateSocket:
         deadline = HandshakeDeadline(sock, handshake_timeout)
         try:
             try:
-                kerberos = kerberos_may_run(
+                kerberos = may_block(
                     context.requested_protocol if context is not None else options.get("protocol", "negotiate")
                 )
                 # A client Connection takes its first step at once, and creating a Kerberos context with a

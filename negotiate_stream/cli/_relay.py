@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._framing import nns
+from ..errors import IdleTimeoutError
 
-__all__ = ["RELAY_CHUNK", "Counters", "IdleTimeoutError", "echo", "relay", "serve_until_stopped"]
+__all__ = ["RELAY_CHUNK", "Counters", "echo", "relay", "serve_until_stopped"]
 
 #: Bytes read per relay step: four full MS-NNS records, so one write protects and sends several records at once.
 RELAY_CHUNK = 4 * nns.MAX_PLAINTEXT_PER_RECORD
@@ -38,16 +39,9 @@ class Counters:
         self.down += n
 
 
-class IdleTimeoutError(TimeoutError):
-    """The protected peer delivered no data for ``seconds`` (``serve --idle-timeout``)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"no data from the client for {seconds:g} s (--idle-timeout)")
-        self.seconds = seconds
-
-
 async def _read(reader: asyncio.StreamReader, idle_timeout: float | None) -> bytes:
-    """The next chunk of ``reader`` (``b""`` at EOF); :class:`IdleTimeoutError` if none comes in ``idle_timeout``."""
+    """The next chunk of ``reader`` (``b""`` at EOF); the library's :class:`IdleTimeoutError` if none comes in
+    ``idle_timeout`` (one class for "the peer went idle", whichever layer noticed it)."""
     if not idle_timeout:
         return await reader.read(RELAY_CHUNK)
     # A protected reader returns only the plaintext of complete, verified records: a peer that stops halfway
@@ -56,7 +50,7 @@ async def _read(reader: asyncio.StreamReader, idle_timeout: float | None) -> byt
     try:
         return await asyncio.wait_for(reader.read(RELAY_CHUNK), idle_timeout)
     except asyncio.TimeoutError:
-        raise IdleTimeoutError(idle_timeout) from None
+        raise IdleTimeoutError(f"no data from the client for {idle_timeout:g} s (--idle-timeout)") from None
 
 
 async def _pump(

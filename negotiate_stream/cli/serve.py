@@ -22,20 +22,21 @@ import time
 from typing import Any
 
 from ..asyncio_ import wrap_streams
+from ..errors import IdleTimeoutError
 from ._allow import AccessDeniedError, AllowList, server_context
-from ._arguments import add_command, add_common_options, add_server_options, parse_address
+from ._arguments import add_common_options, add_server_options, parse_address
 from ._credentials import server_options
 from ._errors import EXIT_CODES_HELP, EXIT_OK, CLIUsageError, describe_error
 from ._proxy_protocol import gateway_header
-from ._relay import IdleTimeoutError, echo, relay, serve_until_stopped
+from ._relay import echo, relay, serve_until_stopped
 from ._report import ConnectionAudit, Reporter, format_address, session_fields, setup_logging
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT", "add_parser", "run"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT", "EPILOG", "SUMMARY", "add_arguments", "run"]
 
 #: Seconds an authenticated client may go without sending data (a complete record) before it is closed.
 DEFAULT_IDLE_TIMEOUT = 300.0
 
-_EXAMPLES = f"""examples:
+EPILOG = f"""examples:
   # echo server for a quick test; NTLM accounts from a user file (lines DOMAIN:USER:PASSWORD)
   negotiate-stream serve --listen 127.0.0.1:9000 --echo --users-file users.txt
 
@@ -59,15 +60,12 @@ _EXAMPLES = f"""examples:
 """
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register the ``serve`` sub-command."""
-    parser = add_command(
-        subparsers,
-        "serve",
-        summary="accept protected connections; echo them or forward them to a plain TCP service",
-        doc=__doc__,
-        epilog=_EXAMPLES,
-    )
+#: The command's line in ``negotiate-stream --help``.
+SUMMARY = "accept protected connections; echo them or forward them to a plain TCP service"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``serve`` options."""
     parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on (port 0: any)")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--echo", action="store_true", help="send every client's plaintext back to it")
@@ -104,7 +102,6 @@ def add_parser(subparsers: Any) -> None:
     )
     add_common_options(parser)
     add_server_options(parser)
-    parser.set_defaults(func=run)
 
 
 class _Server:
@@ -207,7 +204,7 @@ class _Server:
                 "idle_timeout",
                 f"{peer}: closed {info.peer_identity}'s connection: {exc}" + audit.summary("idle_timeout"),
                 peer_identity=info.peer_identity,
-                idle_seconds=exc.seconds,
+                idle_seconds=idle_timeout,
                 **self._traffic(audit, opened),
                 **audit.fields("idle_timeout"),
             )

@@ -7,7 +7,8 @@ their handshake deadline; the tests in ``tests/adapters/*/test_blocking_steps.py
 The KDC is a UDP socket that never reads and a TCP listener that never accepts (the kernel completes the
 connection, nobody answers), both on loopback and named in a generated ``krb5.conf``. Closing it refuses the
 datagrams and resets the queued connections, so a kinit still waiting on it fails within seconds: the threads
-the tests abandoned finish soon after, and their late results are dropped.
+the tests abandoned finish soon after (:func:`settle_abandoned_threads` on a loop, :func:`join_abandoned_threads`
+in blocking code), and their late results are dropped.
 
 :func:`slow_kdc_steps` simulates the other blocking call, a handshake step that waits on a KDC for a ticket (which
 needs a real TGT to reproduce), by slowing exactly the steps that could do so.
@@ -34,6 +35,7 @@ __all__ = [
     "SlowSteps",
     "black_hole_credentials",
     "black_hole_kdc",
+    "join_abandoned_threads",
     "settle_abandoned_threads",
     "slow_kdc_steps",
     "ticker",
@@ -99,16 +101,32 @@ async def ticker(stalls: list[float]) -> None:
         last = now
 
 
+def _alive(name: str) -> bool:
+    """Whether a thread called ``name`` is alive."""
+    return any(thread.name == name for thread in threading.enumerate())
+
+
 async def settle_abandoned_threads(name: str = THREAD_NAME, timeout: float = 10.0) -> None:
     """Wait on the loop until no thread called ``name`` is alive (those a timed-out handshake abandoned).
 
     Then give the loop a moment to process (or drop) their late results, which they handed to it.
     """
     deadline = anyio.current_time() + timeout
-    while any(thread.name == name for thread in threading.enumerate()):
+    while _alive(name):
         assert anyio.current_time() < deadline, f"a {name!r} thread is still alive after {timeout} s"
         await anyio.sleep(0.02)
     await anyio.sleep(0.1)  # the results were handed to the loop: let those callbacks run
+
+
+def join_abandoned_threads(name: str = THREAD_NAME, timeout: float = 10.0) -> None:
+    """Block until no thread called ``name`` is alive: the blocking twin of :func:`settle_abandoned_threads`.
+
+    A blocking handshake's worker drops its late result itself, so there is nothing to process afterwards.
+    """
+    deadline = time.monotonic() + timeout
+    while _alive(name):
+        assert time.monotonic() < deadline, f"a {name!r} thread is still alive after {timeout} s"
+        time.sleep(0.02)
 
 
 class SlowSteps:

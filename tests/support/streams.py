@@ -1,7 +1,8 @@
 """Helpers shared by the anyio, blocking-socket and cross-adapter tests: real loopback TCP, real NTLM, real peers.
 
 Nothing is mocked. The wire is observed (and damaged, when a test asks) by relays and recording wrappers that sit
-between the two ends, so a test sees exactly what a peer or an attacker would.
+between the two ends, so a test sees exactly what a peer or an attacker would. The peers that vanish (resets at
+each handshake step, scripted blocking peers) serve the peer-loss suites of all three adapters.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import anyio
 import pytest
 from anyio.abc import ByteStream, SocketAttribute, SocketListener
 
-from negotiate_stream import ProtectionLevel
+from negotiate_stream import Connection, ProtectionLevel, TruncatedStreamError
 from negotiate_stream.anyio_ import NegotiateStream, connect, memory_stream_pair
 from negotiate_stream.asyncio_ import open_connection
 from negotiate_stream.sync import NegotiateSocket, create_connection
@@ -29,6 +30,8 @@ __all__ = [
     "GUARD_TIMEOUT",
     "LEVELS",
     "MIB",
+    "RESET_ERRORS",
+    "SERVER_CUTS",
     "BareTap",
     "RecordingStream",
     "Relay",
@@ -36,7 +39,9 @@ __all__ = [
     "Worker",
     "anyio_backend",
     "anyio_client",
+    "assert_truncated_by_reset",
     "asyncio_client",
+    "authenticated_server",
     "client_options",
     "digest",
     "handshake_frames",
@@ -50,6 +55,8 @@ __all__ = [
     "receive_exactly",
     "recv_all",
     "recv_exactly",
+    "reset",
+    "scripted_peer",
     "server_options",
     "sync_client",
     "tcp_pair",
@@ -392,6 +399,72 @@ def recv_all(sock: NegotiateSocket) -> bytes:
     while chunk := sock.recv(MIB):
         data += chunk
     return bytes(data)
+
+
+# -- peers that vanish: resets at each handshake step, scripted blocking peers (every adapter's peer-loss suite) --
+
+# The OS errors a reset surfaces as: on a read ECONNRESET, on a write EPIPE or ECONNRESET.
+RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
+
+
+def reset(sock: socket.socket) -> None:
+    """Abortive close: the peer gets an RST (ECONNRESET / EPIPE) instead of a clean EOF."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def assert_truncated_by_reset(error: BaseException) -> None:
+    """``error`` is TruncatedStreamError caused by the OS error of a reset."""
+    assert type(error) is TruncatedStreamError, repr(error)
+    assert isinstance(error.__cause__, RESET_ERRORS), repr(error.__cause__)
+
+
+def answer(conn: Connection, frame: bytes) -> bytes:
+    """Feed one handshake message to ``conn``; return its reply."""
+    conn.receive_data(frame)
+    conn.next_event()
+    return conn.data_to_send()
+
+
+def after_authenticate(sock: socket.socket, server: Connection) -> None:
+    """Answer NEGOTIATE with a CHALLENGE, then read the client's AUTHENTICATE (and never send HandshakeDone)."""
+    sock.sendall(answer(server, read_frame(sock)))
+    server.receive_data(read_frame(sock))
+
+
+# Where a fake server resets a client's handshake: what it does first, given the client's first message.
+SERVER_CUTS: dict[str, Callable[[socket.socket, Connection], object]] = {
+    "on-accept": lambda sock, server: None,
+    "after-negotiate": lambda sock, server: server.receive_data(read_frame(sock)),
+    "mid-challenge": lambda sock, server: sock.sendall(answer(server, read_frame(sock))[:20]),
+    "after-challenge": lambda sock, server: sock.sendall(answer(server, read_frame(sock))),
+    "after-authenticate": after_authenticate,
+}
+
+
+@contextmanager
+def scripted_peer(script: Callable[[socket.socket], object]) -> Iterator[tuple[int, Worker]]:
+    """A loopback port whose first connection is handed to ``script`` in a thread: (port, that thread)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(GUARD_TIMEOUT)
+
+        def serve() -> object:
+            sock, _ = listener.accept()
+            sock.settimeout(GUARD_TIMEOUT)
+            return script(sock)
+
+        yield listener.getsockname()[1], Worker(serve)
+
+
+def authenticated_server(
+    users: NTLMUsers, then: Callable[[NegotiateSocket, socket.socket], object]
+) -> Callable[[socket.socket], object]:
+    """A fake server script: an honest handshake (the blocking adapter), then ``then(server, raw socket)``."""
+
+    def script(sock: socket.socket) -> object:
+        return then(NegotiateSocket.server(sock, **server_options(users)), sock)
+
+    return script
 
 
 # -- echo clients of each adapter (the cross-adapter tests' servers echo until EOF) -------------------------------

@@ -2,8 +2,8 @@
 
 A reset or EOF during the handshake or inside a record is TruncatedStreamError; a reset at a record boundary, or
 met by a send, is ConnectionLostError; the transport's error (anyio's ``BrokenResourceError``, itself caused by
-the OS error) is the ``__cause__``. The fake peers are the blocking sockets of the asyncio suite's
-:func:`scripted_peer`, with the cuts of the blocking adapter's suite.
+the OS error) is the ``__cause__``. The fake peers are the blocking sockets of :func:`scripted_peer`, with the
+server-side cuts the asyncio and blocking suites use too (both in tests/support/streams.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ from negotiate_stream import BrokenStreamError, Connection, ConnectionLostError,
 from negotiate_stream.anyio_ import NegotiateStream, connect, memory_stream_pair
 from negotiate_stream.sync import NegotiateSocket
 from negotiate_stream.testing import NTLMUsers
-from tests.adapters.asyncio.test_peer_loss import authenticated_server, scripted_peer
-from tests.adapters.sync.test_peer_loss import RESET_ERRORS, SERVER_CUTS, reset
 from tests.support.aio import client_options, server_options
-from tests.support.streams import GUARD_TIMEOUT
+from tests.support.streams import GUARD_TIMEOUT, RESET_ERRORS, SERVER_CUTS, authenticated_server, reset, scripted_peer
 
 pytestmark = pytest.mark.anyio
 

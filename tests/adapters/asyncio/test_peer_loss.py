@@ -2,7 +2,8 @@
 
 A reset or EOF during the handshake or inside a record is TruncatedStreamError; a reset at a record boundary, or
 met by a write, is ConnectionLostError; the OS error is the ``__cause__``. The fake peers are blocking sockets in a
-thread (the cuts of the blocking adapter's suite, one copy), so each side's timing is the real kernel's.
+thread (the cuts the blocking adapter's suite uses too, one copy in tests/support/streams.py), so each side's timing
+is the real kernel's.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -20,25 +19,18 @@ from negotiate_stream import BrokenStreamError, Connection, ConnectionLostError,
 from negotiate_stream import asyncio_ as nsa
 from negotiate_stream.sync import NegotiateSocket
 from negotiate_stream.testing import NTLMUsers
-from tests.adapters.sync.test_peer_loss import RESET_ERRORS, SERVER_CUTS, assert_truncated_by_reset, reset
 from tests.support.aio import Collector, client_options, run, server_options
-from tests.support.streams import GUARD_TIMEOUT, Worker
+from tests.support.streams import (
+    GUARD_TIMEOUT,
+    RESET_ERRORS,
+    SERVER_CUTS,
+    assert_truncated_by_reset,
+    authenticated_server,
+    reset,
+    scripted_peer,
+)
 
 APIS = ["streams", "protocol"]
-
-
-@contextmanager
-def scripted_peer(script: Callable[[socket.socket], object]) -> Iterator[tuple[int, Worker]]:
-    """A loopback port whose first connection is handed to ``script`` in a thread: (port, that thread)."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(GUARD_TIMEOUT)
-
-        def serve() -> object:
-            sock, _ = listener.accept()
-            sock.settimeout(GUARD_TIMEOUT)
-            return script(sock)
-
-        yield listener.getsockname()[1], Worker(serve)
 
 
 End = Collector | asyncio.StreamReader
@@ -140,17 +132,6 @@ def test_server_closing_right_after_accept_is_always_truncation(ntlm_users: NTLM
 
     run(main())
     assert seen == {TruncatedStreamError}
-
-
-def authenticated_server(
-    users: NTLMUsers, then: Callable[[NegotiateSocket, socket.socket], object]
-) -> Callable[[socket.socket], object]:
-    """A fake server script: an honest handshake (the blocking adapter), then ``then(server, raw socket)``."""
-
-    def script(sock: socket.socket) -> object:
-        return then(NegotiateSocket.server(sock, **server_options(users)), sock)
-
-    return script
 
 
 async def holding_part_of_a_record(transport: asyncio.WriteTransport) -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
-import negotiate_stream.sync as sync_module
 from negotiate_stream import Connection, SecurityContext
+from negotiate_stream._blocking_handshake import HandshakeDeadline
+from negotiate_stream._offload import THREAD_NAME
 from negotiate_stream.errors import HandshakeTimeoutError
 from negotiate_stream.sync import NegotiateSocket, create_connection
 from negotiate_stream.testing import NTLMUsers
@@ -25,6 +26,8 @@ from tests.support.streams import (
     server_options,
     tcp_pair,
 )
+
+T = TypeVar("T")
 
 DRIP_INTERVAL = 0.5
 # Scheduling slack on a busy 2-core machine; the deadline itself is what the tests measure.
@@ -155,8 +158,15 @@ def test_no_deadline_leaves_the_socket_timeout_alone(ntlm_users: NTLMUsers) -> N
 
 @pytest.fixture
 def stuck_step(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Treat every context as Kerberos (its steps may block); the Event releases steps stuck by the test."""
-    monkeypatch.setattr(sync_module, "kerberos_may_run", lambda protocol: True)
+    """Treat every step as a Kerberos one (it may block); the Event releases steps stuck by the test."""
+    # Which real steps may block is the adapters' one rule (_offload.may_block, see test_blocking_steps.py); here
+    # every step the handshake takes goes to a worker thread, whatever that rule says for NTLM.
+    original = HandshakeDeadline.step
+
+    def step(self: HandshakeDeadline, step: Callable[[], T], *, may_block: bool) -> T:
+        return original(self, step, may_block=True)
+
+    monkeypatch.setattr(HandshakeDeadline, "step", step)
     release = threading.Event()
     yield release
     release.set()  # let the abandoned worker threads finish
@@ -179,7 +189,7 @@ def block_first_step(monkeypatch: pytest.MonkeyPatch, context: SecurityContext, 
 
 def handshake_workers() -> set[threading.Thread]:
     """The worker threads currently running a context step."""
-    return {t for t in threading.enumerate() if t.name == "negotiate-handshake-step" and t.is_alive()}
+    return {t for t in threading.enumerate() if t.name == THREAD_NAME and t.is_alive()}
 
 
 def test_blocking_first_client_step_is_bounded(

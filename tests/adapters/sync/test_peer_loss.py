@@ -1,13 +1,13 @@
 """A peer that vanishes is typed: TruncatedStreamError in a handshake or a record, else ConnectionLostError.
 
 The fake peers are real sockets driven by hand around a real sans-I/O Connection; a reset is an abortive close
-(SO_LINGER 0, then close), so the other end sees an RST instead of a FIN.
+(SO_LINGER 0, then close), so the other end sees an RST instead of a FIN. The server-side cuts and the reset are
+shared with the asyncio and anyio suites (tests/support/streams.py).
 """
 
 from __future__ import annotations
 
 import socket
-import struct
 import time
 from collections.abc import Callable
 
@@ -18,45 +18,18 @@ from negotiate_stream.errors import BrokenStreamError, ConnectionLostError, Trun
 from negotiate_stream.sync import NegotiateSocket
 from negotiate_stream.testing import NTLMUsers
 from tests.support.aio import client_options, server_options
-from tests.support.streams import GUARD_TIMEOUT, Worker, negotiated_sockets, read_frame, recv_exactly, tcp_pair
-
-# The OS errors a reset surfaces as: on a read ECONNRESET, on a write EPIPE or ECONNRESET.
-RESET_ERRORS = (ConnectionResetError, BrokenPipeError)
-
-
-def reset(sock: socket.socket) -> None:
-    """Abortive close: the peer gets an RST (ECONNRESET / EPIPE) instead of a clean EOF."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-def answer(conn: Connection, frame: bytes) -> bytes:
-    """Feed one handshake message to ``conn``; return its reply."""
-    conn.receive_data(frame)
-    conn.next_event()
-    return conn.data_to_send()
-
-
-def assert_truncated_by_reset(error: BaseException) -> None:
-    """``error`` is TruncatedStreamError caused by the OS error of a reset."""
-    assert type(error) is TruncatedStreamError, repr(error)
-    assert isinstance(error.__cause__, RESET_ERRORS), repr(error.__cause__)
-
-
-def after_authenticate(sock: socket.socket, server: Connection) -> None:
-    """Answer NEGOTIATE with a CHALLENGE, then read the client's AUTHENTICATE (and never send HandshakeDone)."""
-    sock.sendall(answer(server, read_frame(sock)))
-    server.receive_data(read_frame(sock))
-
-
-# Where the fake server resets a client's handshake: what it does first, given the client's first message.
-SERVER_CUTS: dict[str, Callable[[socket.socket, Connection], object]] = {
-    "on-accept": lambda sock, server: None,
-    "after-negotiate": lambda sock, server: server.receive_data(read_frame(sock)),
-    "mid-challenge": lambda sock, server: sock.sendall(answer(server, read_frame(sock))[:20]),
-    "after-challenge": lambda sock, server: sock.sendall(answer(server, read_frame(sock))),
-    "after-authenticate": after_authenticate,
-}
+from tests.support.streams import (
+    GUARD_TIMEOUT,
+    RESET_ERRORS,
+    SERVER_CUTS,
+    Worker,
+    assert_truncated_by_reset,
+    negotiated_sockets,
+    read_frame,
+    recv_exactly,
+    reset,
+    tcp_pair,
+)
 
 
 @pytest.mark.parametrize("cut", SERVER_CUTS)
