@@ -21,23 +21,18 @@ from __future__ import annotations
 
 import functools
 import os
-import shlex
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from negotiate_stream import Credentials, ProtectionLevel, SecurityContext
+from tests.support.krb5_realm import Realm, RealmUnavailable, mit_realm
+from tests.support.krb5_realm import kdc_installed as _kdc_installed
 
 from .config import PING_SIZE, RECORD_PLAINTEXT
 from .floors import SMALL_MESSAGES, step_to_completion
 from .paths import check_record_path
-from .processes import REPO_ROOT
 from .registry import Context, Scenario, Unavailable, require
 from .results import Result, measured_result
 
@@ -45,8 +40,6 @@ __all__ = ["KERBEROS_SIZES", "Realm", "kerberos_contexts", "kerberos_scenarios",
 
 #: The scenario name suffix and message size of each Kerberos scenario.
 KERBEROS_SIZES = {"sealed-64B": PING_SIZE, "sealed-0xFC00": RECORD_PLAINTEXT}
-#: The realm helper of the interop suite (the same realm tests/interop starts).
-REALM_SCRIPT = Path(REPO_ROOT) / "scripts" / "interop" / "krb5-realm"
 #: Seconds the realm helper may take to start (it creates a database, starts krb5kdc and runs kinit).
 REALM_START_TIMEOUT = 60.0
 #: How the run shares one realm between the Kerberos scenarios (:meth:`Context.shared`).
@@ -56,41 +49,10 @@ INSTALL_HINT = "scripts/install-interop installs it"
 BATCHES = 3
 
 
-@dataclass(frozen=True)
-class Realm:
-    """A running throwaway MIT realm: the variables its helper exported (``KRB5_CONFIG``, ``KRB5CCNAME``, ...)."""
-
-    env: dict[str, str]
-
-    @property
-    def ccache(self) -> str:
-        """The user's ticket cache (``FILE:...``), filled by the helper's kinit."""
-        return self.env["KRB5CCNAME"]
-
-    @property
-    def keytab(self) -> str:
-        """The service keytab (``host/localhost``), without the ``FILE:`` prefix."""
-        return self.env["KRB5_KTNAME"].removeprefix("FILE:")
-
-
-def _exports(text: str) -> dict[str, str]:
-    """The ``export NAME=VALUE`` lines the realm helper prints (shell-quoted values)."""
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, _, value = words[1].partition("=")
-            env[name] = value
-    return env
-
-
-def _kdc_installed() -> bool:
-    return shutil.which("krb5kdc") is not None or Path("/usr/sbin/krb5kdc").exists()
-
-
 @contextmanager
 def throwaway_realm() -> Iterator[Realm]:
-    """Start a throwaway MIT realm in a temporary directory, stop and delete it afterwards.
+    """Start a throwaway MIT realm (the interop suite's, :func:`tests.support.krb5_realm.mit_realm`) in a
+    temporary directory, stop and delete it afterwards.
 
     Raises :class:`Unavailable` (the scenario is skipped with that reason) when python-gssapi or the MIT KDC is
     not installed, or the realm does not start.
@@ -101,28 +63,12 @@ def throwaway_realm() -> Iterator[Realm]:
         raise Unavailable(f"python-gssapi is not installed (the kerberos extra; {INSTALL_HINT}): {exc}") from exc
     if not _kdc_installed():
         raise Unavailable(f"the MIT Kerberos KDC (krb5kdc, Debian krb5-kdc) is not installed; {INSTALL_HINT}")
-    directory = Path(tempfile.mkdtemp(prefix="bench-krb5-"))
-    realm_dir = str(directory / "realm")
-    try:
-        started = subprocess.run(
-            [str(REALM_SCRIPT), "start", realm_dir],
-            capture_output=True,
-            text=True,
-            timeout=REALM_START_TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise Unavailable(f"the MIT realm did not start: {exc}") from exc
-    try:
-        if started.returncode != 0:
-            tail = (started.stderr.strip().splitlines() or ["no output"])[-1]
-            raise Unavailable(f"the MIT realm did not start: {tail}")
-        yield Realm(_exports(started.stdout))
-    finally:
-        # Stops only the KDC this helper started (it checks the pid file of realm_dir), then deletes the files.
-        subprocess.run([str(REALM_SCRIPT), "stop", realm_dir, "--clean"], capture_output=True, check=False)
-        shutil.rmtree(directory, ignore_errors=True)
+    with ExitStack() as stack:
+        try:
+            realm = stack.enter_context(mit_realm("bench-krb5-", timeout=REALM_START_TIMEOUT))
+        except RealmUnavailable as exc:
+            raise Unavailable(str(exc)) from exc
+        yield realm
 
 
 @contextmanager

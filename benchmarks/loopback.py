@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
-import os
 import socket
 import ssl
-import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -171,42 +167,12 @@ class _Thread(threading.Thread):
 
 
 def make_tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server and a client SSLContext for a self-signed ``localhost`` certificate made now with cryptography."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A server and a client SSLContext for a self-signed ``localhost`` certificate made now with cryptography.
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOCALHOST))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    # load_cert_chain reads only files: the key lives in a private temporary directory for that one call.
-    with tempfile.TemporaryDirectory() as directory:
-        cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-        with open(cert_path, "wb") as handle:
-            handle.write(cert_pem)
-        with open(key_path, "wb") as handle:
-            handle.write(key_pem)
-        server_ctx.load_cert_chain(cert_path, key_path)
-    client_ctx = ssl.create_default_context(cadata=cert_pem.decode("ascii"))
-    return server_ctx, client_ctx
+    The certificate is the tests' (:func:`tests.support.tls.self_signed_channel`: ECDSA P-256, SHA-256, with
+    ``localhost`` and ``127.0.0.1`` as names); unlike the tests' client, this one verifies it and the host name.
+    """
+    from tests.support.tls import self_signed_channel
+
+    channel = self_signed_channel()
+    return channel.server, ssl.create_default_context(cadata=channel.pem)

@@ -323,35 +323,30 @@ class Report:
         return True
 
 
+#: The notes column: for each figure a scenario may report (its ``extra`` key), in this order, the note that shows
+#: it, filled from ``extra`` (with the defaults and the sample count that :func:`_notes` adds).
+_NOTES = {
+    "protect_mbps": "protect {protect_mbps:,.0f} / unprotect {unprotect_mbps:,.0f} MB/s",
+    "us_per_message": "{us_per_message:.1f} us per {message_bytes:,} B message",
+    "gssapi_us_per_message": "pyspnego {pyspnego_us_per_message:.1f} us, gssapi.raw {gssapi_us_per_message:.1f} us, "
+    "gssapi methods {gssapi_highlevel_us_per_message:.1f} us",
+    "record_path": "record path: {record_path}",
+    "us_per_round_trip": "{us_per_round_trip:.1f} us per round trip",
+    "ms_per_handshake": "{ms_per_handshake:.2f} ms each",
+    "rss_kib_per_connection": "{connections} conns, RSS/conn {rss_kib_per_connection:.1f} KiB streaming, "
+    "{rss_kib_per_idle_connection:.1f} KiB idle",
+    "rss_spread_mib": "RSS spread {rss_spread_mib:.2f} MiB over {rss_sample_count} samples",
+    "cpu_share_here": "CPU: this end {cpu_share_here:.2f}, peer process {cpu_share_peer:.2f}",
+    "note": "{note}",
+}
+
+
 def _notes(result: Result) -> str:
     extra = result.extra
-    parts = []
-    if "protect_mbps" in extra:
-        parts.append(f"protect {extra['protect_mbps']:,.0f} / unprotect {extra['unprotect_mbps']:,.0f} MB/s")
-    if "us_per_message" in extra:
-        parts.append(f"{extra['us_per_message']:.1f} us per {extra.get('message_bytes', 64):,} B message")
-    if "gssapi_us_per_message" in extra:
-        parts.append(
-            f"pyspnego {extra['pyspnego_us_per_message']:.1f} us, gssapi.raw {extra['gssapi_us_per_message']:.1f} us, "
-            f"gssapi methods {extra['gssapi_highlevel_us_per_message']:.1f} us"
-        )
-    if "record_path" in extra:
-        parts.append(f"record path: {extra['record_path']}")
-    if "us_per_round_trip" in extra:
-        parts.append(f"{extra['us_per_round_trip']:.1f} us per round trip")
-    if "ms_per_handshake" in extra:
-        parts.append(f"{extra['ms_per_handshake']:.2f} ms each")
-    if "rss_kib_per_connection" in extra:
-        parts.append(
-            f"{extra['connections']} conns, RSS/conn {extra['rss_kib_per_connection']:.1f} KiB streaming, "
-            f"{extra.get('rss_kib_per_idle_connection', 0.0):.1f} KiB idle"
-        )
-    if "rss_spread_mib" in extra:
-        parts.append(
-            f"RSS spread {extra['rss_spread_mib']:.2f} MiB over {len(extra.get('rss_samples_mib', []))} samples"
-        )
-    if "cpu_share_here" in extra:
-        parts.append(f"CPU: this end {extra['cpu_share_here']:.2f}, peer process {extra['cpu_share_peer']:.2f}")
-    if "note" in extra:
-        parts.append(str(extra["note"]))
-    return "; ".join(parts)
+    values = {
+        "message_bytes": 64,
+        "rss_kib_per_idle_connection": 0.0,
+        **extra,
+        "rss_sample_count": len(extra.get("rss_samples_mib", [])),
+    }
+    return "; ".join(note.format_map(values) for key, note in _NOTES.items() if key in extra)

@@ -84,16 +84,25 @@ async def receive_into(pipe: AsyncPipe, verifier: StreamVerifier) -> None:
         feed(chunk)
 
 
-async def read_exactly(pipe: AsyncPipe, size: int, pending: bytearray) -> bytes:
-    """The next ``size`` bytes; ``pending`` keeps what arrived beyond them for the next call."""
-    while len(pending) < size:
-        chunk = await pipe.receive(RECEIVE_SIZE)
-        if not chunk:
-            raise EOFError("the peer closed the stream during the ping-pong")
-        pending += chunk
+def _buffer(pending: bytearray, chunk: bytes | bytearray | memoryview) -> None:
+    """Add a received ``chunk`` to ``pending``; an empty one (the peer closed) ends the ping-pong."""
+    if not chunk:
+        raise EOFError("the peer closed the stream during the ping-pong")
+    pending += chunk
+
+
+def _take(pending: bytearray, size: int) -> bytes:
+    """Remove and return the first ``size`` bytes of ``pending``."""
     message = bytes(pending[:size])
     del pending[:size]
     return message
+
+
+async def read_exactly(pipe: AsyncPipe, size: int, pending: bytearray) -> bytes:
+    """The next ``size`` bytes; ``pending`` keeps what arrived beyond them for the next call."""
+    while len(pending) < size:
+        _buffer(pending, await pipe.receive(RECEIVE_SIZE))
+    return _take(pending, size)
 
 
 async def ping(pipe: AsyncPipe, rounds: int) -> bool:
@@ -167,13 +176,8 @@ def sync_receive_into(pipe: SyncPipe, verifier: StreamVerifier) -> None:
 def sync_read_exactly(pipe: SyncPipe, size: int, pending: bytearray) -> bytes:
     """The next ``size`` bytes; ``pending`` keeps what arrived beyond them for the next call."""
     while len(pending) < size:
-        chunk = pipe.recv(RECEIVE_SIZE)
-        if not chunk:
-            raise EOFError("the peer closed the stream during the ping-pong")
-        pending += chunk
-    message = bytes(pending[:size])
-    del pending[:size]
-    return message
+        _buffer(pending, pipe.recv(RECEIVE_SIZE))
+    return _take(pending, size)
 
 
 def sync_ping(pipe: SyncPipe, rounds: int) -> bool:

@@ -11,8 +11,9 @@ from . import connect, demo, serve
 
 __all__ = ["build_parser", "main"]
 
-# Sub-command modules: each has `add_parser(subparsers)` registering itself with `func=run(args) -> int`. Only
-# the user's commands: the benchmark harness lives in benchmarks/ (`scripts/run bench`), outside the package.
+# Sub-command modules, each named as its command: its docstring is the command's --help description, SUMMARY its
+# line in the command list, EPILOG its examples, add_arguments(parser) its options and run(args) -> int the command.
+# Only the user's commands: the benchmark harness lives in benchmarks/ (`scripts/run bench`), outside the package.
 _COMMANDS = (demo, serve, connect)
 
 
@@ -27,7 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in _COMMANDS:
-        module.add_parser(subparsers)
+        command = subparsers.add_parser(
+            module.__name__.rpartition(".")[2],
+            help=module.SUMMARY,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # both shown as written (line breaks kept)
+            epilog=module.EPILOG,
+        )
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The command-line options: one definition of each sub-command's frame and of the options commands share."""
+"""The command-line options that several sub-commands share, defined once."""
 
 from __future__ import annotations
 
@@ -11,24 +11,10 @@ from ._errors import CLIUsageError
 
 __all__ = [
     "add_client_options",
-    "add_command",
     "add_common_options",
     "add_server_options",
     "parse_address",
 ]
-
-
-def add_command(subparsers: Any, name: str, *, summary: str, doc: str | None, epilog: str) -> argparse.ArgumentParser:
-    """Register sub-command ``name``: ``summary`` in the command list, the module ``doc`` and ``epilog`` (examples)
-    in its ``--help``, both shown as written (line breaks kept)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        name,
-        help=summary,
-        description=doc,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=epilog,
-    )
-    return parser
 
 
 def parse_address(text: str, *, what: str = "address") -> tuple[str, int]:

@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..asyncio_ import wrap_streams
-from ._arguments import add_client_options, add_command, add_common_options, parse_address
+from ._arguments import add_client_options, add_common_options, parse_address
 from ._credentials import client_options
 from ._errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_OK
 from ._relay import RELAY_CHUNK, Counters, relay, serve_until_stopped
 from ._report import Reporter, format_address, session_fields, setup_logging
 
-__all__ = ["add_parser", "run"]
+__all__ = ["EPILOG", "SUMMARY", "add_arguments", "run"]
 
-_EXAMPLES = f"""examples:
+EPILOG = f"""examples:
   # send a file through a sealed connection to an echo server and keep the answer (password from $NS_PASSWORD)
   negotiate-stream connect server.example.com:9000 --user 'EXAMPLE\\alice' --password-env NS_PASSWORD \\
       < big.bin > echoed.bin
@@ -58,15 +58,12 @@ _EXAMPLES = f"""examples:
 """
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register the ``connect`` sub-command."""
-    parser = add_command(
-        subparsers,
-        "connect",
-        summary="netcat over a protected stream (stdin/stdout), or forward a local port over one",
-        doc=__doc__,
-        epilog=_EXAMPLES,
-    )
+#: The command's line in ``negotiate-stream --help``.
+SUMMARY = "netcat over a protected stream (stdin/stdout), or forward a local port over one"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``connect`` arguments and options."""
     parser.add_argument("address", metavar="HOST:PORT", help="the negotiate server (serve, or a .NET service)")
     parser.add_argument(
         "--local", metavar="LHOST:LPORT", help="listen here and forward each plain TCP client over its own connection"
@@ -76,7 +73,6 @@ def add_parser(subparsers: Any) -> None:
     )
     add_common_options(parser)
     add_client_options(parser)
-    parser.set_defaults(func=run)
 
 
 @dataclass

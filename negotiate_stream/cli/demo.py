@@ -16,9 +16,8 @@ from .._framing import nns
 from .._options import RECEIVE_SIZE, ProtectionLevel
 from ..sync import NegotiateSocket
 from ..testing import NTLMUsers
-from ._arguments import add_command
 
-__all__ = ["add_parser", "run"]
+__all__ = ["EPILOG", "SUMMARY", "add_arguments", "run"]
 
 _MESSAGES = (b"hello from the client", b"a second message", b"x" * 70_000)
 
@@ -44,15 +43,13 @@ class _Tap:
         self.sock.close()
 
 
-def add_parser(subparsers: Any) -> None:
-    """Register the ``demo`` sub-command."""
-    parser = add_command(
-        subparsers,
-        "demo",
-        summary="authenticate a client to a server in this process and exchange protected messages",
-        doc=__doc__,
-        epilog="examples:\n  negotiate-stream demo\n  negotiate-stream demo --protection sign --protocol negotiate",
-    )
+#: The command's line in ``negotiate-stream --help``.
+SUMMARY = "authenticate a client to a server in this process and exchange protected messages"
+EPILOG = "examples:\n  negotiate-stream demo\n  negotiate-stream demo --protection sign --protocol negotiate"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``demo`` options."""
     parser.add_argument(
         "--protection",
         default="encrypt_and_sign",
@@ -65,7 +62,6 @@ def add_parser(subparsers: Any) -> None:
         choices=["negotiate", "ntlm"],
         help="SPNEGO (negotiate) or raw NTLM tokens in the handshake (default: %(default)s)",
     )
-    parser.set_defaults(func=run)
 
 
 def _describe_record(wire: bytes, level: ProtectionLevel) -> list[str]:

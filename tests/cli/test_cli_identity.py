@@ -17,7 +17,7 @@ from negotiate_stream._spnego.ntlm_users import ntlm_hashes
 from negotiate_stream.cli import build_parser
 from negotiate_stream.cli._credentials import client_options
 from negotiate_stream.testing import NTLMUsers
-from tests.support.cli import CLI, NT_HASH_VARIABLE, TIMEOUT, USER, run_connect, run_connect_nt_hash, serve
+from tests.support.cli import CLI, NT_HASH_VARIABLE, TIMEOUT, USER, Serve, run_connect, run_connect_nt_hash, serve
 
 
 def _nt_hash(password: str) -> str:
@@ -136,16 +136,23 @@ def test_delegate_option_asks_for_delegation() -> None:
     assert "delegate" not in client_options(parse(["connect", "h:1"]))
 
 
-def test_delegate_fails_when_ntlm_is_negotiated(ntlm_users: NTLMUsers) -> None:
-    """``--delegate`` reaches the handshake: when NTLM is negotiated it fails (exit 3) rather than not delegate."""
-    with serve(ntlm_users) as server:
-        result = run_connect(server.port, "--delegate", stdin=b"never sent", password=ntlm_users.password(USER))
+def failed_connect(users: NTLMUsers, serve_mode: tuple[str, ...], *connect_args: str) -> tuple[str, Serve]:
+    """``connect`` (``connect_args``, data on stdin) to ``serve`` (``serve_mode``) fails its handshake: exit 3, an
+    "authentication failed" message and no data out. Returns its stderr and the stopped server."""
+    with serve(users, *serve_mode) as server:
+        result = run_connect(server.port, *connect_args, stdin=b"never sent", password=users.password(USER))
         assert server.stop() == 0, server.stderr
     stderr = result.stderr.decode()
     assert result.returncode == 3, stderr
     assert stderr.startswith("negotiate-stream connect: authentication failed")
-    assert "NTLM cannot delegate" in stderr
     assert result.stdout == b""
+    return stderr, server
+
+
+def test_delegate_fails_when_ntlm_is_negotiated(ntlm_users: NTLMUsers) -> None:
+    """``--delegate`` reaches the handshake: when NTLM is negotiated it fails (exit 3) rather than not delegate."""
+    stderr, server = failed_connect(ntlm_users, (), "--delegate")
+    assert "NTLM cannot delegate" in stderr
     assert not [e for e in server.events if e["event"] == "handshake"]
 
 
@@ -174,14 +181,8 @@ def test_allowed_spn_lets_in_a_client_of_a_listed_name(ntlm_users: NTLMUsers) ->
 
 def test_allowed_spn_refuses_a_client_of_another_name(ntlm_users: NTLMUsers) -> None:
     """A client that authenticated for an unlisted name is refused with ERROR_TRUST_FAILURE: exit 3, no data."""
-    with serve(ntlm_users, "--echo", "--allowed-spn", "HTTP/app.example.com") as server:
-        result = run_connect(server.port, stdin=b"never echoed", password=ntlm_users.password(USER))
-        assert server.stop() == 0, server.stderr
-    stderr = result.stderr.decode()
-    assert result.returncode == 3, stderr
-    assert stderr.startswith("negotiate-stream connect: authentication failed")
+    stderr, server = failed_connect(ntlm_users, ("--echo", "--allowed-spn", "HTTP/app.example.com"))
     assert "ERROR_TRUST_FAILURE" in stderr
-    assert result.stdout == b""
     failed = [e for e in server.events if e["event"] == "handshake_failed"]
     assert len(failed) == 1
     assert failed[0]["error"] == "ServiceNameError" and failed[0]["status"] == "ERROR_TRUST_FAILURE"

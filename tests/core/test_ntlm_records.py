@@ -94,14 +94,48 @@ class Session:
         return signature
 
 
+def attach(
+    client: spnego.ContextProxy, server: spnego.ContextProxy
+) -> tuple[Session, NTLMRecordState, NTLMRecordState]:
+    """Our cipher attached to each side of a handshaken pyspnego pair, from the record state read off each side;
+    returns the session and both states."""
+    client_state, server_state = ntlm_record_state(client), ntlm_record_state(server)
+    assert client_state is not None and server_state is not None
+    session = Session(Side(client, NTLMRecordCipher(client_state)), Side(server, NTLMRecordCipher(server_state)))
+    return session, client_state, server_state
+
+
 def open_session(
     users: NTLMUsers, protocol: str = "ntlm", clear_flags: int = 0, *, lm_compat_level: int | None = None
 ) -> Session:
     """A handshaken pyspnego pair with our cipher attached to each side."""
     client, server = handshaken_pair(users, protocol, clear_flags=clear_flags, lm_compat_level=lm_compat_level)
-    client_state, server_state = ntlm_record_state(client), ntlm_record_state(server)
-    assert client_state is not None and server_state is not None
-    return Session(Side(client, NTLMRecordCipher(client_state)), Side(server, NTLMRecordCipher(server_state)))
+    return attach(client, server)[0]
+
+
+def used_pair(users: NTLMUsers, protocol: str, *, signatures: bool) -> tuple[spnego.ContextProxy, spnego.ContextProxy]:
+    """A handshaken pyspnego pair whose records went through pyspnego: each of MESSAGES sealed client to server,
+    each followed by a server signature if ``signatures``."""
+    client, server = handshaken_pair(users, protocol)
+    for message in MESSAGES:
+        assert server.unwrap(client.wrap(message).data).data == message
+        if signatures:
+            client.verify(message, server.sign(message))
+    return client, server
+
+
+def seal_and_sign_each(session: Session, *, seal_from_client: bool) -> None:
+    """Each of MESSAGES sealed in one direction, then signed in the other, every record compared across twins."""
+    for message in MESSAGES:
+        session.seal(seal_from_client, message)
+        session.sign(not seal_from_client, message)
+
+
+def assert_keystreams(client: NTLMRecordState, server: NTLMRecordState, *, to_server: int, to_client: int) -> None:
+    """Both sides agree on the RC4 keystream used so far: ``to_server`` bytes client to server (each sealed record:
+    message then encrypted checksum), ``to_client`` bytes server to client."""
+    assert (client.keystream_out, client.keystream_in) == (to_server, to_client)
+    assert (server.keystream_in, server.keystream_out) == (to_server, to_client)
 
 
 # --- MS-NLMP test vectors ---------------------------------------------------------------------------------------
@@ -209,11 +243,8 @@ def test_signatures_match_pyspnego(ntlm_users: NTLMUsers, protocol: str, clear_f
 def test_sign_level_context_matches_pyspnego(ntlm_users: NTLMUsers, protocol: str) -> None:
     """Without SEAL negotiated, sign-only and the sealed sign-only layout (gss-ntlmssp at Sign) stay bit-exact."""
     integrity = spnego.ContextReq.integrity | spnego.ContextReq.replay_detect | spnego.ContextReq.sequence_detect
-    client, server = handshaken_pair(ntlm_users, protocol, context_req=integrity)
-    client_state, server_state = ntlm_record_state(client), ntlm_record_state(server)
-    assert client_state is not None and server_state is not None
+    session, client_state, _ = attach(*handshaken_pair(ntlm_users, protocol, context_req=integrity))
     assert not client_state.flags & SEAL
-    session = Session(Side(client, NTLMRecordCipher(client_state)), Side(server, NTLMRecordCipher(server_state)))
     for message in MESSAGES:
         session.sign(True, message)
         session.seal(False, message)
@@ -222,51 +253,33 @@ def test_sign_level_context_matches_pyspnego(ntlm_users: NTLMUsers, protocol: st
 @pytest.mark.parametrize("lm_compat_level", [1, 2])
 def test_ntlmv1_with_ess_matches_pyspnego(ntlm_users: NTLMUsers, lm_compat_level: int) -> None:
     """An NTLMv1 client with Extended Session Security is covered and stays bit-exact too."""
-    session = open_session(ntlm_users, "ntlm", lm_compat_level=lm_compat_level)
-    for message in MESSAGES:
-        session.seal(True, message)
-        session.sign(False, message)
+    seal_and_sign_each(open_session(ntlm_users, "ntlm", lm_compat_level=lm_compat_level), seal_from_client=True)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_takeover_after_pyspnego_records_continues_keystream(ntlm_users: NTLMUsers, protocol: str) -> None:
     """Taking over after records went through pyspnego continues at the measured keystream position."""
-    client, server = handshaken_pair(ntlm_users, protocol)
-    for message in MESSAGES:
-        assert server.unwrap(client.wrap(message).data).data == message
-        client.verify(message, server.sign(message))
-    client_state, server_state = ntlm_record_state(client), ntlm_record_state(server)
-    assert client_state is not None and server_state is not None
+    client, server = used_pair(ntlm_users, protocol, signatures=True)
+    session, client_state, server_state = attach(client, server)
     sent = sum(len(m) + 8 for m in MESSAGES)  # each sealed record: message then the encrypted checksum
-    assert (client_state.keystream_out, client_state.keystream_in) == (sent, 8 * len(MESSAGES))
-    assert (server_state.keystream_in, server_state.keystream_out) == (sent, 8 * len(MESSAGES))
-    session = Session(Side(client, NTLMRecordCipher(client_state)), Side(server, NTLMRecordCipher(server_state)))
-    for message in MESSAGES:
-        session.seal(False, message)
-        session.sign(True, message)
+    assert_keystreams(client_state, server_state, to_server=sent, to_client=8 * len(MESSAGES))
+    seal_and_sign_each(session, seal_from_client=False)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_refused_read_gives_the_probed_keystream_back(ntlm_users: NTLMUsers, protocol: str) -> None:
     """A keystream position beyond the search limit refuses the state after probing; pyspnego stays in step."""
-    client, server = handshaken_pair(ntlm_users, protocol)
-    for message in MESSAGES:
-        assert server.unwrap(client.wrap(message).data).data == message
+    client, server = used_pair(ntlm_users, protocol, signatures=False)
     assert ntlm_record_state(client, search_limit=8) is None
     assert ntlm_record_state(server, search_limit=8) is None
     for message in MESSAGES:  # the probes were given back: pyspnego's records are still accepted both ways
         assert server.unwrap(client.wrap(message).data).data == message
         assert client.unwrap(server.wrap(message[::-1]).data).data == message[::-1]
         client.verify(message, server.sign(message))
-    client_state, server_state = ntlm_record_state(client), ntlm_record_state(server)
-    assert client_state is not None and server_state is not None
+    session, client_state, server_state = attach(client, server)
     sent = sum(len(m) + 8 for m in MESSAGES)
-    assert (client_state.keystream_out, client_state.keystream_in) == (2 * sent, sent + 8 * len(MESSAGES))
-    assert (server_state.keystream_in, server_state.keystream_out) == (2 * sent, sent + 8 * len(MESSAGES))
-    session = Session(Side(client, NTLMRecordCipher(client_state)), Side(server, NTLMRecordCipher(server_state)))
-    for message in MESSAGES:  # and reading twice (probing twice) still leaves both twins byte-identical
-        session.seal(True, message)
-        session.sign(False, message)
+    assert_keystreams(client_state, server_state, to_server=2 * sent, to_client=sent + 8 * len(MESSAGES))
+    seal_and_sign_each(session, seal_from_client=True)  # reading twice (probing twice) left both twins identical
 
 
 # --- differential: random interleavings -------------------------------------------------------------------------

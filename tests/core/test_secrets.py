@@ -33,15 +33,9 @@ from negotiate_stream.errors import KerberosUnavailableError
 from negotiate_stream.testing import NTLMUsers, connection_pair, handshake
 from tests.support.core import requires_gssapi
 
+#: The password of the ``users`` fixture's account (tests/core/conftest.py).
 PASSWORD = "Pa55-w0rd!correct-horse"
 WRONG_PASSWORD = "Wr0ng-pa55!battery-staple"
-
-
-@pytest.fixture
-def users() -> Iterator[NTLMUsers]:
-    """One account, ``NEGOTIATE-TEST\\alice``, whose password is the known :data:`PASSWORD`."""
-    with NTLMUsers({"alice": PASSWORD}) as accounts:
-        yield accounts
 
 
 def _nt_hash(password: str) -> str:

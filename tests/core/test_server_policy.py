@@ -20,7 +20,6 @@ from negotiate_stream import (
     AuthenticationError,
     ChannelBindingError,
     Credentials,
-    HandshakeError,
     NegotiateError,
     SecurityContext,
 )
@@ -28,7 +27,7 @@ from negotiate_stream._spnego.acceptor import ntlm_authenticate_in, spn_allowed
 from negotiate_stream._spnego.ntlm_authenticate import NTLM_AUTHENTICATE_PREFIX, parse_authenticate
 from negotiate_stream.errors import ERROR_TRUST_FAILURE, SEC_E_BAD_BINDINGS, ServiceNameError
 from negotiate_stream.testing import NTLMUsers, connection_pair, handshake, transfer
-from tests.support.core import context_pair
+from tests.support.core import context_pair, refused_handshake
 
 BINDINGS = b"tls-server-end-point:" + bytes(range(32))
 OTHER = b"tls-server-end-point:" + bytes(range(1, 33))
@@ -121,12 +120,7 @@ def test_refusal_sends_the_error_frame_to_the_client(ntlm_users: NTLMUsers) -> N
         server_options={"channel_binding_policy": "always", "channel_bindings": BINDINGS},
         client_options={"channel_bindings": None},
     )
-    with pytest.raises(ChannelBindingError):
-        handshake(client, server)
-    client.receive_data(server.data_to_send())
-    with pytest.raises(HandshakeError) as caught:
-        client.next_event()
-    assert caught.value.status == SEC_E_BAD_BINDINGS
+    refused_handshake(client, server, ChannelBindingError, SEC_E_BAD_BINDINGS)
 
 
 # -- allowed service names -------------------------------------------------------------------------------------
@@ -147,13 +141,7 @@ def test_unlisted_spn_is_refused_with_error_trust_failure(ntlm_users: NTLMUsers)
     client, server = connection_pair(
         ntlm_users, client_options={"target": "HTTP/elsewhere"}, server_options={"allowed_spns": ["host/localhost"]}
     )
-    with pytest.raises(ServiceNameError, match="HTTP/elsewhere") as caught:
-        handshake(client, server)
-    assert caught.value.status == ERROR_TRUST_FAILURE
-    client.receive_data(server.data_to_send())
-    with pytest.raises(HandshakeError) as refused:
-        client.next_event()
-    assert refused.value.status == ERROR_TRUST_FAILURE
+    refused_handshake(client, server, ServiceNameError, ERROR_TRUST_FAILURE, match="HTTP/elsewhere")
 
 
 def test_never_skips_the_spn_check(ntlm_users: NTLMUsers) -> None:

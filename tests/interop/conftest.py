@@ -14,13 +14,11 @@ installed on this machine; ``scripts/install-interop`` installs them all. The pe
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import importlib.util
 import os
-import shlex
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from negotiate_stream import NegotiateError, SessionInfo
+from tests.support.krb5_realm import Realm, RealmUnavailable, kdc_installed, mit_realm, parse_exports
+from tests.support.tls import TLSChannel, self_signed_channel
+
+from . import _driver
 
 ROOT = Path(__file__).resolve().parents[2]
 INTEROP = ROOT / "scripts" / "interop"
@@ -48,16 +52,6 @@ NTLM_PASSWORD = "Passw0rd!ntlm"
 def nnspeer_random(size: int) -> bytes:
     """The bytes NnsPeer sends for ``--send-random size``."""
     return bytes((7 * i + (i >> 8)) & 0xFF for i in range(size))
-
-
-def _parse_exports(text: str) -> dict[str, str]:
-    env = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, _, value = words[1].partition("=")
-            env[name] = value
-    return env
 
 
 # -- .NET NegotiateStream peer --------------------------------------------------------------------------------
@@ -142,19 +136,65 @@ class DotNetPeer:
             check=False,
         )
 
-    def start_client(self, port: int, *args: str) -> subprocess.Popen[str]:
+    def start_client(self, port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Start ``NnsPeer client`` without waiting (for a test whose server runs in this thread)."""
         return subprocess.Popen(
             [self.run_script, "client", "--port", str(port), "--timeout", "30", *args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
+
+    @contextlib.contextmanager
+    def client_against_us(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> Iterator[tuple[socket.socket, subprocess.Popen[str]]]:
+        """Our listening socket and a .NET client started against it with ``args``; killed on exit if still running."""
+        with _driver.listener() as listening:
+            client = self.start_client(listening.getsockname()[1], *args, env=env)
+            try:
+                yield listening, client
+            finally:
+                if client.poll() is None:
+                    client.kill()
+                    client.communicate()
+
+    def hello_to_our_server(
+        self, server_options: dict[str, Any], *args: str, env: dict[str, str] | None = None, accept_timeout: float = 10
+    ) -> tuple[Any, str]:
+        """Run a .NET client with ``args`` that sends "hello" to our server (``server_options``) and waits for the
+        echo; return our server's session info (or its exception) and the client's log."""
+        with self.client_against_us(*args, "--send", "hello", "--echo", env=env) as (listening, client):
+            listening.settimeout(accept_timeout)
+            try:
+                peer = _driver.accept(listening, **server_options)
+                outcome: Any = peer.info
+                peer.echo_until_eof()
+                peer.close()
+            except (OSError, NegotiateError) as exc:
+                outcome = exc
+            _, log = client.communicate(timeout=60)
+        return outcome, log
 
     def close(self) -> None:
         """Kill every server this peer started that is still running."""
         for server in self._servers:
             server.kill()
+
+
+def echo_through(server: DotNetServer, message: bytes, **options: Any) -> tuple[SessionInfo, str]:
+    """Connect our client (``options``) to the .NET echo ``server``, echo ``message`` byte-exact and close; return
+    our session info and the server's log, once it exited cleanly."""
+    peer = _driver.connect(server.port, **options)
+    try:
+        peer.sendall(message)
+        assert peer.recv_exactly(len(message)) == message
+    finally:
+        peer.close()
+    status, log = server.finish()
+    assert status == 0, log
+    return peer.info, log
 
 
 @pytest.fixture(scope="module")
@@ -192,33 +232,6 @@ def ntlm_user_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 # -- MIT Kerberos realm ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Realm:
-    """A running throwaway MIT realm; :attr:`env` holds its exported variables (also set in ``os.environ``)."""
-
-    env: dict[str, str]
-
-    @property
-    def principal(self) -> str:
-        """The user principal, ``alice@INTEROP.TEST``."""
-        return self.env["INTEROP_KRB5_PRINCIPAL"]
-
-    @property
-    def password(self) -> str:
-        """The user's password."""
-        return self.env["INTEROP_KRB5_PASSWORD"]
-
-    @property
-    def keytab(self) -> str:
-        """The service keytab path (``host/localhost`` and ``HTTP/localhost``), without the ``FILE:`` prefix."""
-        return self.env["KRB5_KTNAME"].removeprefix("FILE:")
-
-    @property
-    def ccache(self) -> str:
-        """The user's ticket cache (``FILE:...``)."""
-        return self.env["KRB5CCNAME"]
-
-
 def skip_without_gssapi() -> None:
     """Skip the calling test when python-gssapi (the ``kerberos`` extra) is not installed."""
     if importlib.util.find_spec("gssapi") is None:
@@ -226,27 +239,21 @@ def skip_without_gssapi() -> None:
 
 
 @pytest.fixture(scope="module")
-def krb5_realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Realm]:
-    """A throwaway MIT realm for the module; skips when krb5kdc or python-gssapi is missing."""
-    if shutil.which("krb5kdc") is None and not Path("/usr/sbin/krb5kdc").exists():
+def krb5_realm() -> Iterator[Realm]:
+    """A throwaway MIT realm for the module, its variables set in this process; skips when krb5kdc or
+    python-gssapi is missing or the realm does not start."""
+    if not kdc_installed():
         pytest.skip(f"interop peer missing: MIT Kerberos KDC (Debian krb5-kdc); {INSTALL_HINT}")
     skip_without_gssapi()
-    directory = tmp_path_factory.mktemp("krb5") / "realm"
-    started = subprocess.run(
-        [str(INTEROP / "krb5-realm"), "start", str(directory)], capture_output=True, text=True, check=False
-    )
-    if started.returncode != 0:
-        pytest.skip(f"interop peer missing: the MIT realm did not start: {started.stderr.strip()}")
-    env = _parse_exports(started.stdout)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, value in env.items():
-                patch.setenv(name, value)
-            yield Realm(env)
-    finally:
-        subprocess.run(
-            [str(INTEROP / "krb5-realm"), "stop", str(directory), "--clean"], capture_output=True, check=False
-        )
+    with contextlib.ExitStack() as stack:
+        try:
+            realm = stack.enter_context(mit_realm("negotiate-stream-krb5-"))
+        except RealmUnavailable as exc:
+            pytest.skip(f"interop peer missing: {exc}")
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        for name, value in realm.env.items():
+            patch.setenv(name, value)
+        yield realm
 
 
 # -- Samba AD DC -----------------------------------------------------------------------------------------------
@@ -290,7 +297,7 @@ def samba_dc(request: pytest.FixtureRequest) -> Iterator[SambaDC]:
     try:
         if started.returncode != 0:
             pytest.skip(f"interop peer missing: the Samba DC did not start: {started.stderr.strip()[-500:]}")
-        yield SambaDC(_parse_exports(started.stdout))
+        yield SambaDC(parse_exports(started.stdout))
     finally:
         subprocess.run([script, "stop", str(directory), "--clean"], capture_output=True, check=False)
         shutil.rmtree(directory, ignore_errors=True)
@@ -314,46 +321,10 @@ def gss_ntlmssp() -> str:
 # -- TLS channel and two-ended runs (server policy, delegation) -------------------------------------------------
 
 
-@dataclass
-class TLSChannel:
-    """A throwaway self-signed server certificate and the TLS contexts of both ends (the client trusts anything)."""
-
-    server: ssl.SSLContext
-    client: ssl.SSLContext
-    #: The server certificate (DER): what tls-server-end-point bindings are computed from.
-    certificate: bytes
-
-
 @pytest.fixture(scope="module")
-def tls_channel(tmp_path_factory: pytest.TempPathFactory) -> TLSChannel:
+def tls_channel() -> TLSChannel:
     """An RSA/SHA-256 certificate for ``localhost`` and matching server and client TLS contexts."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    directory = tmp_path_factory.mktemp("tls")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-    cert = (
-        builder.serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.pem", directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(str(cert_path), str(key_path))
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.check_hostname = False
-    client.verify_mode = ssl.CERT_NONE
-    return TLSChannel(server, client, cert.public_bytes(serialization.Encoding.DER))
+    return self_signed_channel(key="rsa")
 
 
 T = TypeVar("T")

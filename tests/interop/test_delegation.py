@@ -17,9 +17,10 @@ from negotiate_stream._context import Credentials, SecurityContext
 from negotiate_stream._events import SessionInfo
 from negotiate_stream._spnego.ntlm_users import ntlm_hashes
 from negotiate_stream.errors import ERROR_TRUST_FAILURE, AuthenticationError, NegotiateError
+from tests.support.krb5_realm import Realm
 
 from . import _driver
-from .conftest import NTLM_DOMAIN, NTLM_PASSWORD, NTLM_USER, DotNetPeer, Realm, run_pair
+from .conftest import NTLM_DOMAIN, NTLM_PASSWORD, NTLM_USER, DotNetPeer, echo_through, run_pair
 
 pytestmark = pytest.mark.interop
 
@@ -176,8 +177,8 @@ def test_delegated_ticket_cache_is_freed_with_its_credentials(realm: Realm, tmp_
 
 
 def dotnet_client_args(mechanism: str, level: str) -> list[str]:
-    """NnsPeer client arguments: ``mechanism``'s credentials, impersonation ``level``, one echoed message."""
-    args = ["--target", "host/localhost", "--impersonation", level, "--send", "hello", "--echo"]
+    """NnsPeer client arguments: ``mechanism``'s credentials, impersonation ``level``."""
+    args = ["--target", "host/localhost", "--impersonation", level]
     if mechanism == "ntlm":
         args += ["--user", NTLM_USER, "--password", NTLM_PASSWORD, "--domain", NTLM_DOMAIN]
     return args
@@ -185,24 +186,7 @@ def dotnet_client_args(mechanism: str, level: str) -> list[str]:
 
 def run_dotnet_client(dotnet: DotNetPeer, args: list[str], env: dict[str, str], **server: Any) -> tuple[Any, str]:
     """Run the .NET client with ``args`` and ``env`` against our server; return (our info or error, its log)."""
-    with _driver.listener() as listening:
-        listening.settimeout(20)
-        client = subprocess.Popen(
-            [dotnet.run_script, "client", "--port", str(listening.getsockname()[1]), "--timeout", "30", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            peer = _driver.accept(listening, **server)
-            outcome: Any = peer.info
-            peer.echo_until_eof()
-            peer.close()
-        except (OSError, NegotiateError) as exc:
-            outcome = exc
-        _, log = client.communicate(timeout=60)
-    return outcome, log
+    return dotnet.hello_to_our_server(server, *args, env=env, accept_timeout=20)
 
 
 @pytest.mark.parametrize("mechanism", ["ntlm", "kerberos"])
@@ -238,22 +222,11 @@ def test_dotnet_server_reports_our_clients_level(
 ) -> None:
     """The .NET server reports Delegation for our delegate=True Kerberos client, and our client agrees."""
     server = dotnet.server("--echo")
-    ccache = kinit(realm, tmp_path / "ccache", forwardable=True)
-    peer = _driver.connect(
-        server.port,
-        target="host/localhost",
-        credentials=Credentials(ccache=ccache),
-        protocol="kerberos",
-        delegate=delegate,
+    credentials = Credentials(ccache=kinit(realm, tmp_path / "ccache", forwardable=True))
+    info, log = echo_through(
+        server, b"hello", target="host/localhost", credentials=credentials, protocol="kerberos", delegate=delegate
     )
-    try:
-        assert peer.info.impersonation_level == expected.lower()
-        peer.sendall(b"hello")
-        assert peer.recv_exactly(5) == b"hello"
-    finally:
-        peer.close()
-    status, log = server.finish()
-    assert status == 0, log
+    assert info.impersonation_level == expected.lower()
     assert f"impersonation={expected}" in log, log
 
 
@@ -269,15 +242,9 @@ def nt_hash_credentials(password: str = NTLM_PASSWORD) -> Credentials:
 def test_nt_hash_client_dotnet_server(dotnet: DotNetPeer, protocol: str) -> None:
     """Our NT-hash client authenticates to the .NET server (gss-ntlmssp with the account's password) and echoes."""
     server = dotnet.server("--echo")
-    peer = _driver.connect(server.port, target="host/localhost", credentials=nt_hash_credentials(), protocol=protocol)
-    try:
-        assert peer.info.protocol == "ntlm"
-        peer.sendall(b"hashed hello")
-        assert peer.recv_exactly(12) == b"hashed hello"
-    finally:
-        peer.close()
-    status, log = server.finish()
-    assert status == 0, log
+    options = {"target": "host/localhost", "credentials": nt_hash_credentials(), "protocol": protocol}
+    info, log = echo_through(server, b"hashed hello", **options)
+    assert info.protocol == "ntlm"
     assert f"identity={NTLM_DOMAIN}\\{NTLM_USER}".lower() in log.lower(), log
 
 

@@ -7,10 +7,7 @@ Each case moves 1 MiB through the peer's echo and checks it byte for byte. NTLM 
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -24,9 +21,10 @@ from negotiate_stream.errors import (
     NegotiateError,
     ProtectionLevelError,
 )
+from tests.support.krb5_realm import Realm
 
 from . import _driver
-from .conftest import NTLM_DOMAIN, NTLM_PASSWORD, NTLM_USER, DotNetPeer, Realm, nnspeer_random
+from .conftest import NTLM_DOMAIN, NTLM_PASSWORD, NTLM_USER, DotNetPeer, echo_through, nnspeer_random
 
 pytestmark = pytest.mark.interop
 
@@ -79,19 +77,6 @@ def dotnet_client_args(mechanism: str, level: str, realm: Realm, password: str =
     return args  # Kerberos: the realm's ticket cache (KRB5CCNAME)
 
 
-@contextmanager
-def dotnet_client(dotnet: DotNetPeer, *args: str) -> Iterator[tuple[socket.socket, subprocess.Popen[str]]]:
-    """Our listening socket and a .NET client started against it with ``args``; killed on exit if still running."""
-    with _driver.listener() as listening:
-        client = dotnet.start_client(listening.getsockname()[1], *args)
-        try:
-            yield listening, client
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.communicate()
-
-
 def refused_by_dotnet_server(dotnet: DotNetPeer, connect: Callable[[int], object]) -> HandshakeError:
     """``connect(port)`` to a .NET EncryptAndSign echo server raises its HandshakeError; the server logs the failure."""
     server = dotnet.server("--echo", "--protection", "EncryptAndSign")
@@ -125,20 +110,12 @@ DOTNET_CLIENT_CASES = [
 def test_our_client_dotnet_server_echo(dotnet: DotNetPeer, realm: Realm, mechanism: str, level: str) -> None:
     """Our client and the .NET server echo 1 MiB byte-exact per mechanism and level; we report what was negotiated."""
     server = dotnet.server("--echo", "--protection", DOTNET_LEVEL[level])
-    payload = nnspeer_random(MIB)
-    peer = _driver.connect(server.port, **our_options(mechanism, level, realm))
-    try:
-        assert peer.info.protocol == mechanism
-        # .NET's Kerberos "Sign" is sealed (MIT sets the confidentiality flag): we report what was negotiated.
-        expected_level = "encrypt_and_sign" if (mechanism, level) == ("kerberos", "sign") else level
-        assert peer.info.protection_level.value == expected_level
-        assert peer.info.mutually_authenticated is (mechanism == "kerberos")
-        peer.sendall(payload)
-        assert peer.recv_exactly(MIB) == payload
-    finally:
-        peer.close()
-    status, log = server.finish()
-    assert status == 0, log
+    info, log = echo_through(server, nnspeer_random(MIB), **our_options(mechanism, level, realm))
+    assert info.protocol == mechanism
+    # .NET's Kerberos "Sign" is sealed (MIT sets the confidentiality flag): we report what was negotiated.
+    expected_level = "encrypt_and_sign" if (mechanism, level) == ("kerberos", "sign") else level
+    assert info.protection_level.value == expected_level
+    assert info.mutually_authenticated is (mechanism == "kerberos")
     assert f"echoed {MIB} bytes" in log
 
 
@@ -148,7 +125,7 @@ def test_dotnet_client_our_server_echo(
 ) -> None:
     """The .NET client and our server echo 1 MiB byte-exact; we report the mechanism, level and client identity."""
     args = dotnet_client_args(mechanism, level, realm)
-    with dotnet_client(dotnet, *args, "--send-random", str(MIB), "--echo") as (listening, client):
+    with dotnet.client_against_us(*args, "--send-random", str(MIB), "--echo") as (listening, client):
         peer = _driver.accept(listening, **server_options(mechanism, level, ntlm_user_file, realm))
         try:
             assert peer.info.protocol == mechanism
@@ -175,7 +152,7 @@ def test_our_client_wrong_password_gets_dotnet_error(dotnet: DotNetPeer, realm: 
 def test_dotnet_client_wrong_password_gets_our_error(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
     """Our server rejects a .NET client's wrong password itself; .NET decodes our Error frame."""
     args = dotnet_client_args("ntlm", "encrypt_and_sign", realm, password="wrong password")
-    with dotnet_client(dotnet, *args, "--send", "hello", "--echo") as (listening, client):
+    with dotnet.client_against_us(*args, "--send", "hello", "--echo") as (listening, client):
         with pytest.raises(AuthenticationError) as caught:
             _driver.accept(listening, **server_options("ntlm", "encrypt_and_sign", ntlm_user_file, realm))
         assert not isinstance(caught.value, HandshakeError)  # our own verdict, not the peer's
@@ -194,7 +171,7 @@ def test_protection_mismatch_dotnet_server(dotnet: DotNetPeer, realm: Realm) -> 
 def test_protection_mismatch_dotnet_client(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
     """A .NET client at Sign gets ProtectionLevelError from our EncryptAndSign server, reported to it as 1790."""
     args = dotnet_client_args("ntlm", "sign", realm)
-    with dotnet_client(dotnet, *args, "--send", "hello", "--echo") as (listening, client):
+    with dotnet.client_against_us(*args, "--send", "hello", "--echo") as (listening, client):
         with pytest.raises(ProtectionLevelError):
             _driver.accept(listening, **server_options("ntlm", "encrypt_and_sign", ntlm_user_file, realm))
         _, log = client.communicate(timeout=60)
@@ -208,45 +185,23 @@ def test_dotnet_server_kerberos_with_password(dotnet: DotNetPeer, realm: Realm) 
     """Our client gets its own ticket from a password (no ticket cache) and requires mutual authentication."""
     server = dotnet.server("--echo", "--protection", "EncryptAndSign")
     credentials = Credentials(username=realm.principal, password=realm.password, ccache=None)
-    peer = _driver.connect(
-        server.port,
+    info, _ = echo_through(
+        server,
+        b"hello",
         target="host/localhost",
         credentials=credentials,
         require_mutual_auth=True,
         allow_ntlm_fallback=False,
     )
-    try:
-        assert (peer.info.protocol, peer.info.mutually_authenticated) == ("kerberos", True)
-        peer.sendall(b"hello")
-        assert peer.recv_exactly(5) == b"hello"
-    finally:
-        peer.close()
-    status, log = server.finish()
-    assert status == 0, log
+    assert (info.protocol, info.mutually_authenticated) == ("kerberos", True)
 
 
 # -- peer limitations, kept as tests so that the evidence is re-measured on every run ---------------------------
 
 
-def run_dotnet_client_against(dotnet: DotNetPeer, server_options: dict[str, Any], *args: str) -> tuple[Any, str]:
-    """Run a .NET client against our server; return (our server's exception or info, the client's log)."""
-    with dotnet_client(dotnet, *args, "--send", "hello", "--echo") as (listening, client):
-        listening.settimeout(10)
-        try:
-            peer = _driver.accept(listening, **server_options)
-            outcome: Any = peer.info
-            peer.echo_until_eof()
-            peer.close()
-        except (OSError, NegotiateError) as exc:
-            outcome = exc
-        _, log = client.communicate(timeout=60)
-    return outcome, log
-
-
 def test_limitation_dotnet_kerberos_sign_client(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
     """.NET Core 3.1 on Linux cannot be a Kerberos client at Sign: MIT grants confidentiality it did not ask for."""
-    _, log = run_dotnet_client_against(
-        dotnet,
+    _, log = dotnet.hello_to_our_server(
         server_options("kerberos", "sign", ntlm_user_file, realm),
         *dotnet_client_args("kerberos", "sign", realm),
     )
@@ -257,8 +212,7 @@ def test_limitation_dotnet_kerberos_none_client_uses_ntlm(
     dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str
 ) -> None:
     """At ProtectionLevel.None the .NET client uses the NTLM package only: with just a ticket cache it fails."""
-    outcome, log = run_dotnet_client_against(
-        dotnet,
+    outcome, log = dotnet.hello_to_our_server(
         server_options("kerberos", "none", ntlm_user_file, realm),
         *dotnet_client_args("kerberos", "none", realm),
     )
@@ -285,8 +239,7 @@ def test_windows_layout_sign_is_not_what_dotnet_on_linux_sends(dotnet: DotNetPee
 def test_dotnet_client_kerberos_password_our_server(dotnet: DotNetPeer, realm: Realm, ntlm_user_file: str) -> None:
     """.NET gets its own ticket from ``--user alice --domain INTEROP.TEST --password``; we accept with the keytab."""
     user, domain = realm.principal.split("@")
-    outcome, log = run_dotnet_client_against(
-        dotnet,
+    outcome, log = dotnet.hello_to_our_server(
         {**server_options("kerberos", "encrypt_and_sign", ntlm_user_file, realm), "allow_ntlm_fallback": False},
         *["--target", "host/localhost", "--user", user, "--domain", domain, "--password", realm.password],
     )

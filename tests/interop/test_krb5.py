@@ -10,37 +10,41 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import struct
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 
-from negotiate_stream import NEED_DATA, Connection, Data, HandshakeComplete, channel_bindings, sasl_gssapi
-from negotiate_stream._context import Credentials, SecurityContext
-from negotiate_stream.errors import (
-    SEC_E_BAD_BINDINGS,
+from negotiate_stream import (
+    NEED_DATA,
     AuthenticationError,
     ChannelBindingError,
+    Connection,
+    Credentials,
+    Data,
+    HandshakeComplete,
     HandshakeError,
     IntegrityError,
     NegotiateError,
     ProtectionLevelError,
+    SecurityContext,
+    channel_bindings,
+    sasl_gssapi,
 )
+from negotiate_stream.errors import SEC_E_BAD_BINDINGS
 from negotiate_stream.sasl_gssapi import SecurityLayer
-from tests.support.ldap import tls_server_context
+from tests.support.krb5_realm import Realm
+from tests.support.tls import self_signed_channel
 
 from . import _driver
-from .conftest import Realm
+from .conftest import run_pair
 
 pytestmark = pytest.mark.interop
 
 gssapi = pytest.importorskip("gssapi", reason="interop peer missing: python-gssapi (run scripts/install-interop)")
-
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,34 +54,6 @@ def realm(krb5_realm: Realm) -> Iterator[Realm]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KRB5_KTNAME", "FILE:/nonexistent/keytab")
         yield krb5_realm
-
-
-def run_pair(
-    client: Callable[[socket.socket], T], server: Callable[[socket.socket], Any]
-) -> tuple[T, Any, BaseException | None]:
-    """Run ``server`` in a thread and ``client`` here on a connected socket pair; return both results and the
-    server's exception (the client's propagates)."""
-    client_sock, server_sock = socket.socketpair()
-    client_sock.settimeout(20)
-    server_sock.settimeout(20)
-    outcome: dict[str, Any] = {"error": None, "result": None}
-
-    def serve() -> None:
-        try:
-            outcome["result"] = server(server_sock)
-        except BaseException as exc:
-            outcome["error"] = exc
-            server_sock.close()
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        result = client(client_sock)
-    finally:
-        client_sock.close()  # a failed client must not leave the server waiting for it
-        thread.join(30)
-        server_sock.close()
-    return result, outcome["result"], outcome["error"]
 
 
 def nns_pair(
@@ -362,13 +338,10 @@ def test_bindings_required_only_by_ntlm_acceptor_when_client_sends_none(realm: R
 
 
 @pytest.mark.parametrize("protocol", ["kerberos", "ntlm"])
-def test_channel_bindings_over_real_tls(realm: Realm, tmp_path: Path, protocol: str) -> None:
+def test_channel_bindings_over_real_tls(realm: Realm, protocol: str) -> None:
     """Negotiate inside TLS: both sides derive tls-server-end-point from the certificate; a client that sees
     another certificate (a TLS-terminating man in the middle) is refused with ChannelBindingError."""
-    server_tls, cert_der = tls_server_context(tmp_path)  # a throwaway self-signed certificate
-    client_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_tls.check_hostname = False
-    client_tls.verify_mode = ssl.CERT_NONE
+    channel = self_signed_channel(signature_hash=hashes.SHA384())  # the bindings must follow the signature hash
     if protocol == "kerberos":
         client_credentials = Credentials(ccache=realm.ccache)
     else:
@@ -380,14 +353,14 @@ def test_channel_bindings_over_real_tls(realm: Realm, tmp_path: Path, protocol: 
     for client_view in (None, b"tls-server-end-point:" + bytes(32)):  # honest client, then one behind a MITM
 
         def server(sock: socket.socket) -> _driver.BlockingPeer:
-            tls = server_tls.wrap_socket(sock, server_side=True)
-            bindings = channel_bindings.for_ssl_object(tls, server_certificate=cert_der)
+            tls = channel.server.wrap_socket(sock, server_side=True)
+            bindings = channel_bindings.for_ssl_object(tls, server_certificate=channel.certificate)
             return _driver.BlockingPeer(
                 tls, server_side=True, credentials=server_credentials, channel_bindings=bindings
             )
 
         def client(sock: socket.socket, client_view: bytes | None = client_view) -> _driver.BlockingPeer | None:
-            tls = client_tls.wrap_socket(sock)
+            tls = channel.client.wrap_socket(sock)
             bindings = client_view or channel_bindings.for_ssl_object(tls)
             try:
                 return _driver.BlockingPeer(

@@ -16,19 +16,21 @@ from typing import Any
 
 import pytest
 
-from negotiate_stream import channel_bindings
-from negotiate_stream._context import Credentials, SecurityContext
-from negotiate_stream.errors import (
-    ERROR_TRUST_FAILURE,
-    SEC_E_BAD_BINDINGS,
+from negotiate_stream import (
     ChannelBindingError,
+    Credentials,
     HandshakeError,
     NegotiateError,
+    SecurityContext,
     ServiceNameError,
+    channel_bindings,
 )
+from negotiate_stream.errors import ERROR_TRUST_FAILURE, SEC_E_BAD_BINDINGS
+from tests.support.krb5_realm import Realm
+from tests.support.tls import TLSChannel
 
 from . import _driver
-from .conftest import NTLM_DOMAIN, NTLM_PASSWORD, NTLM_USER, DotNetPeer, Realm, TLSChannel, run_pair
+from .conftest import NTLM_DOMAIN, NTLM_PASSWORD, NTLM_USER, DotNetPeer, run_pair
 
 pytestmark = pytest.mark.interop
 

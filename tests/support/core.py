@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -19,6 +19,8 @@ from negotiate_stream import (
     EndOfStream,
     Event,
     HandshakeComplete,
+    HandshakeError,
+    NegotiateError,
     SecurityContext,
     State,
 )
@@ -110,6 +112,24 @@ def assert_broken_everywhere(conn: Connection, cause: BaseException) -> None:
             assert info.value.__cause__ is cause
     conn.close()  # closing a broken connection keeps it broken
     assert conn.state is State.BROKEN
+
+
+E = TypeVar("E", bound=NegotiateError)
+
+
+def refused_handshake(
+    client: Connection, server: Connection, error: type[E], status: int, *, match: str | None = None
+) -> E:
+    """The server refuses the handshake with ``error`` (``status``, its text matching ``match``) and queues an
+    Error frame that the client reads as a :class:`HandshakeError` with the same status; returns the server's error."""
+    with pytest.raises(error, match=match) as refused:
+        handshake(client, server)
+    assert refused.value.status == status
+    client.receive_data(server.data_to_send())
+    with pytest.raises(HandshakeError) as reported:
+        client.next_event()
+    assert reported.value.status == status
+    return refused.value
 
 
 def context_pair(

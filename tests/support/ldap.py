@@ -12,20 +12,13 @@ with the client under test.
 
 from __future__ import annotations
 
-import datetime
 import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import KW_ONLY, dataclass, field
 from types import TracebackType
 from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from negotiate_stream import NEED_DATA, Connection, Data, NegotiateError, ProtectionLevelError, SecurityContext
 from negotiate_stream.testing import NTLMUsers
@@ -41,7 +34,6 @@ __all__ = [
     "message",
     "result",
     "search_entry",
-    "tls_server_context",
 ]
 
 BIND_REQUEST, UNBIND_REQUEST, SEARCH_REQUEST, MODIFY_REQUEST, ADD_REQUEST, DELETE_REQUEST, EXTENDED_REQUEST = (
@@ -207,6 +199,7 @@ def honest(session: ServerSession) -> None:
             session.send(message(request.message_id, result(RESPONSE_TAGS[request.tag], SUCCESS, "", *extra)))
 
 
+@dataclass(eq=False)
 class FakeLdapServer:
     """One-connection LDAP server in a thread; see the module docstring. Use as a context manager.
 
@@ -216,22 +209,15 @@ class FakeLdapServer:
     the server thread are kept in :attr:`error` (the tests assert on the client side).
     """
 
-    def __init__(
-        self,
-        users: NTLMUsers,
-        behaviour: Behaviour = honest,
-        *,
-        protection_level: str = "sign",
-        early_success: bool = False,
-        tls: ssl.SSLContext | None = None,
-        channel_bindings: bytes | None = None,
-    ) -> None:
-        self.users = users
-        self.tls = tls
-        self.channel_bindings = channel_bindings
-        self.behaviour = behaviour
-        self.protection_level = protection_level
-        self.early_success = early_success
+    users: NTLMUsers
+    behaviour: Behaviour = honest
+    _: KW_ONLY
+    protection_level: str = "sign"
+    early_success: bool = False
+    tls: ssl.SSLContext | None = None
+    channel_bindings: bytes | None = None
+
+    def __post_init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(TIMEOUT)
         self.port: int = self.listener.getsockname()[1]
@@ -307,31 +293,6 @@ class FakeLdapServer:
             sock.sendall(message(reply_id, result(BIND_RESPONSE, code, "", *creds)))
             if context.complete:
                 return ServerSession(sock, Connection(context, framing="sasl"))
-
-
-def tls_server_context(directory: Path) -> tuple[ssl.SSLContext, bytes]:
-    """An LDAPS server's TLS context with a throwaway self-signed ECDSA certificate, and that certificate (DER)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA384())  # SHA-384: the bindings must follow the signature hash, not assume SHA-256
-    )
-    cert_path, key_path = directory / "ldaps.pem", directory / "ldaps.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    return context, cert.public_bytes(serialization.Encoding.DER)
 
 
 # -- observers -----------------------------------------------------------------------------------------------------

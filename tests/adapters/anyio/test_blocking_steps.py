@@ -21,18 +21,8 @@ from negotiate_stream.anyio_ import NegotiateListener, NegotiateStream, connect
 from negotiate_stream.testing import NTLMUsers
 from tests.support.aio import client_options, server_options
 from tests.support.core import requires_gssapi
-from tests.support.kdc import (
-    BlackHoleKDC,
-    SlowSteps,
-    black_hole_credentials,
-    black_hole_kdc,
-    settle_abandoned_threads,
-    slow_kdc_steps,
-    ticker,
-)
+from tests.support.kdc import BlackHoleKDC, SlowSteps, black_hole_credentials, settle_abandoned_threads, ticker
 from tests.support.streams import plain_pair, receive_exactly
-
-__all__ = ["black_hole_kdc", "slow_kdc_steps"]
 
 pytestmark = pytest.mark.anyio
 
@@ -109,16 +99,8 @@ async def test_slow_negotiate_steps_run_off_the_loop(slow_kdc_steps: SlowSteps, 
     assert max(stalls) < MAX_STALL, f"the loop stalled for {max(stalls):.3f} s"
 
 
-async def test_ntlm_steps_stay_on_the_loop_thread(monkeypatch: pytest.MonkeyPatch, ntlm_users: NTLMUsers) -> None:
+async def test_ntlm_steps_stay_on_the_loop_thread(step_threads: set[threading.Thread], ntlm_users: NTLMUsers) -> None:
     """protocol="ntlm" never reaches a KDC: no worker thread, every step on the loop thread (it is cheaper)."""
-    original = SecurityContext.step
-    threads: set[threading.Thread] = set()
-
-    def step(self: SecurityContext, in_token: bytes | None = None) -> bytes | None:
-        threads.add(threading.current_thread())
-        return original(self, in_token)
-
-    monkeypatch.setattr(SecurityContext, "step", step)
     async with await anyio.create_tcp_listener(local_host="127.0.0.1") as tcp, anyio.create_task_group() as tg:
         tg.start_soon(NegotiateListener(tcp, **server_options(ntlm_users)).serve, echo_once)
         port = tcp.extra(SocketAttribute.local_port)
@@ -126,7 +108,7 @@ async def test_ntlm_steps_stay_on_the_loop_thread(monkeypatch: pytest.MonkeyPatc
             await stream.send(b"ping")
             assert await receive_exactly(stream, 4) == b"ping"
         tg.cancel_scope.cancel()
-    assert threads == {threading.current_thread()}
+    assert step_threads == {threading.current_thread()}
 
 
 @requires_gssapi

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import ldap3
 import pytest
+from cryptography.hazmat.primitives import hashes
 
 from negotiate_stream import AuthenticationError, LocalProtocolError, ProtectionLevel
 from negotiate_stream.channel_bindings import tls_server_end_point
 from negotiate_stream.errors import SEC_E_BAD_BINDINGS, SEC_E_LOGON_DENIED, SEC_E_QOP_NOT_SUPPORTED
 from negotiate_stream.ldap3 import SUPPORTED_STRATEGIES, SaslBindError, SaslSession, bind
 from negotiate_stream.testing import NTLMUsers
-from tests.support.ldap import FakeLdapServer, RecordCounter, RecordingSocket, tls_server_context
+from tests.support.ldap import FakeLdapServer, RecordCounter, RecordingSocket
+from tests.support.tls import self_signed_channel
 
 BASE = "DC=fake,DC=test"
 
@@ -95,31 +96,41 @@ def test_defaults_seal_and_name_the_ldap_service(honest_server: FakeLdapServer, 
     conn.unbind()
 
 
-def test_ldaps_sends_channel_bindings_of_the_server_certificate(tmp_path: Path, ntlm_users: NTLMUsers) -> None:
+@pytest.fixture
+def ldaps_server(ntlm_users: NTLMUsers) -> Iterator[tuple[FakeLdapServer, bytes]]:
+    """A fake ldaps:// server (certificate signed with SHA-384, no SASL layer) whose acceptor requires the
+    certificate's tls-server-end-point bindings; with those bindings, computed here from the certificate."""
+    tls = self_signed_channel(signature_hash=hashes.SHA384())
+    bindings = tls_server_end_point(tls.certificate)
+    with FakeLdapServer(ntlm_users, tls=tls.server, protection_level="none", channel_bindings=bindings) as server:
+        yield server, bindings
+
+
+def test_ldaps_sends_channel_bindings_of_the_server_certificate(
+    ldaps_server: tuple[FakeLdapServer, bytes], ntlm_users: NTLMUsers
+) -> None:
     """Over ldaps:// the bindings come from the server certificate (SHA-384 signed) and the acceptor checks them."""
-    tls, certificate = tls_server_context(tmp_path)
-    expected = tls_server_end_point(certificate)
-    with FakeLdapServer(ntlm_users, tls=tls, protection_level="none", channel_bindings=expected) as server:
-        conn = connection(server)
-        session = bind(conn, credentials=ntlm_users.client_credentials(), protocol="ntlm", read_server_info=False)
-        assert session.tls and session.channel_bindings == expected
-        # TLS protects the session: no SASL layer inside it, as AD and Samba require.
-        assert session.info.protection_level is ProtectionLevel.NONE
-        assert conn.search(BASE, "(objectClass=*)", attributes=["description"])
-        assert conn.entries[0].description.value == "sealed by the fake server"
-        conn.unbind()
+    server, expected = ldaps_server
+    conn = connection(server)
+    session = bind(conn, credentials=ntlm_users.client_credentials(), protocol="ntlm", read_server_info=False)
+    assert session.tls and session.channel_bindings == expected
+    # TLS protects the session: no SASL layer inside it, as AD and Samba require.
+    assert session.info.protection_level is ProtectionLevel.NONE
+    assert conn.search(BASE, "(objectClass=*)", attributes=["description"])
+    assert conn.entries[0].description.value == "sealed by the fake server"
+    conn.unbind()
 
 
-def test_channel_bindings_override_is_sent_and_refused_when_wrong(tmp_path: Path, ntlm_users: NTLMUsers) -> None:
+def test_channel_bindings_override_is_sent_and_refused_when_wrong(
+    ldaps_server: tuple[FakeLdapServer, bytes], ntlm_users: NTLMUsers
+) -> None:
     """channel_bindings= replaces the automatic value; the acceptor refuses a wrong one (SEC_E_BAD_BINDINGS)."""
-    tls, certificate = tls_server_context(tmp_path)
-    real = tls_server_end_point(certificate)
-    with FakeLdapServer(ntlm_users, tls=tls, protection_level="none", channel_bindings=real) as server:
-        conn = connection(server)
-        with pytest.raises(SaslBindError) as caught:
-            bind(conn, credentials=ntlm_users.client_credentials(), protocol="ntlm", channel_bindings=b"mitm")
-        assert caught.value.result_code == 49 and caught.value.status == SEC_E_BAD_BINDINGS
-        conn.unbind()
+    server, _ = ldaps_server
+    conn = connection(server)
+    with pytest.raises(SaslBindError) as caught:
+        bind(conn, credentials=ntlm_users.client_credentials(), protocol="ntlm", channel_bindings=b"mitm")
+    assert caught.value.result_code == 49 and caught.value.status == SEC_E_BAD_BINDINGS
+    conn.unbind()
 
 
 def test_wrong_password_is_invalid_credentials(ntlm_users: NTLMUsers) -> None:
