@@ -1,8 +1,9 @@
-"""The idle bound of the asyncio adapter: :class:`IdleTimer` notices an authenticated peer that stopped sending.
+"""The clocks of the asyncio adapter: :class:`IdleTimer` notices an authenticated peer that stopped sending.
 
 Used by :class:`~._asyncio_protocol.NegotiateProtocol` when it is given an ``idle_timeout`` (``start_server``
 passes its own): the protocol calls :meth:`IdleTimer.record` for every record it delivers, and the timer calls
-back once no record arrived for the whole timeout.
+back with the :class:`IdleTimeoutError` to report once no record arrived for the whole timeout. The protocol's
+handshake deadline reports :func:`handshake_timeout_error`.
 """
 
 from __future__ import annotations
@@ -10,11 +11,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-__all__ = ["IdleTimer"]
+from .errors import HandshakeTimeoutError, IdleTimeoutError
+
+__all__ = ["IdleTimer", "handshake_timeout_error"]
+
+
+def handshake_timeout_error(timeout: float | None, *, waiting_for_kdc: bool) -> HandshakeTimeoutError:
+    """The error of a handshake that missed its deadline (``waiting_for_kdc``: a worker thread still waits)."""
+    why = (
+        "a worker thread is still waiting for the KDC; check that the KDC is reachable"
+        if waiting_for_kdc
+        else "the peer is silent or too slow; check that it speaks MS-NNS (NegotiateStream)"
+    )
+    return HandshakeTimeoutError(f"the handshake did not complete within {timeout} s: {why} or raise handshake_timeout")
 
 
 class IdleTimer:
-    """Call ``on_idle()`` once no record arrived for ``timeout`` seconds while the app was reading.
+    """Call ``on_idle(error)`` once no record arrived for ``timeout`` seconds while the app was reading.
 
     One loop timer per idle period, not one per record: :meth:`record` only stamps the time (cheap on the hot
     path), and the timer re-arms itself for the time left when it finds a newer stamp. While the app has paused
@@ -24,7 +37,9 @@ class IdleTimer:
 
     __slots__ = ("_handle", "_last", "_loop", "_on_idle", "paused", "timeout")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, on_idle: Callable[[], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, on_idle: Callable[[IdleTimeoutError], None]
+    ) -> None:
         """Prepare the timer; :meth:`start` arms it."""
         self._loop = loop
         self._on_idle = on_idle
@@ -68,4 +83,9 @@ class IdleTimer:
             self._handle = self._loop.call_at(expires, self._fire)
             return
         self._handle = None
-        self._on_idle()
+        self._on_idle(
+            IdleTimeoutError(
+                f"no record arrived from the peer for {self.timeout} s (idle_timeout): the connection was closed; "
+                "the peer is silent or gone"
+            )
+        )

@@ -9,6 +9,9 @@ never touches a socket, an event loop or a clock. An I/O layer is three loops:
 * on any exception: write ``data_to_send()`` once more (it may hold a HandshakeError frame for the peer), then
   close the transport.
 
+Received records are verified in place (:mod:`._receive_buffer`): ``bytes`` chunks are never copied whole, and an
+adapter that reads into a reused buffer lends it (``_lend`` / ``_reclaim``); only a partial record is kept.
+
 Concurrency (the SSPI rule: one encryptor and one decryptor at a time, never two of either): ``send`` belongs to
 the send side; ``receive_data``, ``next_event`` and ``data_to_send`` to the receive side. One send and one receive
 may run at the same time in two threads, unless :attr:`SessionInfo.shares_crypto_state` is true (NTLM without
@@ -35,6 +38,7 @@ from ._events import NEED_DATA, Data, EndOfStream, Event, HandshakeComplete, Ses
 from ._framing import nns, sasl
 from ._framing._records import RecordCodec
 from ._options import Framing
+from ._receive_buffer import ReceiveBuffer
 from .errors import (
     SEC_E_INTERNAL_ERROR,
     AuthenticationError,
@@ -52,11 +56,11 @@ __all__ = ["Connection"]
 
 # The trace that ``negotiate-stream -v`` shows: handshake message ids and token sizes, never token bytes.
 _logger = logging.getLogger("negotiate_stream")
+# The states the per-record paths compare with: an Enum member lookup costs ~70 ns on Python 3.11.
+_HANDSHAKING, _ESTABLISHED = State.HANDSHAKING, State.ESTABLISHED
 
 #: Handshake round trips after which we give up (NTLM needs 2, Kerberos 1-2, SPNEGO 2-3).
 MAX_HANDSHAKE_ROUNDS = 16
-# Drop consumed bytes from the front of the receive buffer once this many have piled up.
-_COMPACT_THRESHOLD = 1 << 16
 
 
 class Connection:
@@ -85,8 +89,7 @@ class Connection:
         self._error_byteorder = error_byteorder
         self._state = State.HANDSHAKING
         self._broken_cause: BaseException | None = None
-        self._buffer = bytearray()
-        self._pos = 0
+        self._received = ReceiveBuffer()  # our copy (at most a partial record once established), then a loan
         self._eof = False
         self._outgoing = bytearray()
         self._peer_done = False
@@ -230,6 +233,7 @@ class Connection:
             delegated_credentials=context.delegated_credentials,
         )
         self._framed = level is not ProtectionLevel.NONE
+        self._received.expect_records(self._codec, context.unprotect)
         self._state = State.ESTABLISHED
         self._pending.append(HandshakeComplete(self.info))
         if _logger.isEnabledFor(logging.DEBUG):
@@ -245,10 +249,28 @@ class Connection:
         self._check_usable("receive")
         if not data:
             self._eof = True
-            return
-        if self._eof:
+        elif self._eof:
             raise LocalProtocolError("receive_data() called with data after EOF was signalled")
-        self._buffer += data
+        elif type(data) is bytes and self._state is _ESTABLISHED:
+            self._received.lend(memoryview(data))  # immutable: parsed in place, only a partial record is copied
+        else:
+            self._received.append(data)
+
+    def _lend(self, view: memoryview) -> None:
+        """Like :meth:`receive_data`, but parse ``view`` in place instead of copying it (for a reused buffer).
+
+        The caller must leave ``view`` unchanged until :meth:`next_event` returned :data:`NEED_DATA` or it called
+        :meth:`_reclaim`, which copies what is left (a partial record, or the records the caller stopped reading
+        early) into the Connection. Before the handshake completes ``view`` is copied at once.
+        """
+        if self._state is not _ESTABLISHED or self._eof or not view:
+            self.receive_data(view)  # copies, signals EOF or refuses data after EOF
+        else:
+            self._received.lend(view)
+
+    def _reclaim(self) -> None:
+        """End a loan made by :meth:`_lend`: keep a copy of the lent bytes not parsed yet."""
+        self._received.reclaim()
 
     def next_event(self) -> Event | _NeedData:
         """Parse the next event from the received bytes, or return :data:`NEED_DATA`.
@@ -259,21 +281,45 @@ class Connection:
         """
         if self._pending:
             return self._pending.pop(0)
-        self._check_usable("receive")
+        if self._state is not _HANDSHAKING:
+            item = self._next_plaintext()
+            return Data(item) if isinstance(item, bytes) else item
         try:
-            if self._state is State.HANDSHAKING:
-                return self._next_handshake_event()
-            return self._next_data_event()
+            return self._next_handshake_event()
         except NegotiateError as exc:
-            # A broken stream never reads again: drop what was received (nothing past a bad header is kept). A
-            # fresh buffer, not clear(): no view of the old one can make this fail.
-            self._buffer, self._pos = bytearray(), 0
+            self._received.drop()
             self._fail_handshake(exc)
             raise
 
+    def _next_plaintext(self) -> bytes | EndOfStream | _NeedData:
+        """:meth:`next_event` once established, with the plaintext of a record instead of a :class:`Data` event.
+
+        The adapters' hot path: the same checks and errors as :meth:`next_event`, one allocation less per record.
+        """
+        if self._state is not _ESTABLISHED:
+            self._check_usable("receive")
+        received = self._received
+        if received.lent is None and received.pos == len(received.data):  # nothing left: every loop's last call
+            return EndOfStream() if self._eof else NEED_DATA
+        try:
+            plaintext = received.next_record() if self._framed else received.take()
+            if plaintext is not None:
+                return plaintext
+            if self._eof and received:
+                raise TruncatedStreamError(
+                    f"the peer closed the connection in the middle of a {self._codec.name} record "
+                    f"({len(received)} bytes of it received): the data was truncated"
+                )
+        except NegotiateError as exc:
+            received.drop()
+            self.mark_broken(exc)
+            raise
+        return EndOfStream() if self._eof else NEED_DATA
+
     def _next_handshake_event(self) -> Event | _NeedData:
+        received = self._received
         while self._state is State.HANDSHAKING:
-            parsed = nns.parse_handshake(self._buffer, self._pos)
+            parsed = nns.parse_handshake(received.data, received.pos)
             if parsed is None:
                 if self._eof:
                     raise TruncatedStreamError(
@@ -281,57 +327,16 @@ class Connection:
                         "authentication without sending an error (check credentials and protection level)"
                     )
                 return NEED_DATA
-            frame, self._pos = parsed
+            frame, received.pos = parsed
             _trace("received", frame.message_id, frame.payload)
             self._handle_handshake(frame)
-        self._compact()
-        return self._pending.pop(0) if self._pending else self._next_data_event()
-
-    def _next_data_event(self) -> Event | _NeedData:
-        buffer, pos = self._buffer, self._pos
-        available = len(buffer) - pos
-        if not self._framed:
-            if available:
-                data = bytes(buffer[pos:])
-                buffer.clear()
-                self._pos = 0
-                return Data(data)
-            return EndOfStream() if self._eof else NEED_DATA
-        codec = self._codec
-        header_size = codec.header_size
-        unprotect = self.context.unprotect
-        while (end := codec.locate(buffer, pos)) is not None:
-            # The context reads the record in place (no copy); both views are released before the buffer is
-            # compacted, since a bytearray cannot be resized while a view of it exists.
-            with memoryview(buffer) as view, view[pos + header_size : end] as payload:
-                plaintext = unprotect(payload)
-            self._pos = end
-            self._compact()
-            if plaintext:
-                return Data(plaintext)
-            # An empty record (a peer may send one) carries no event: keep parsing.
-            buffer, pos = self._buffer, self._pos
-        if self._eof:
-            if pos < len(buffer):
-                raise TruncatedStreamError(
-                    f"the peer closed the connection in the middle of a {codec.name} record "
-                    f"({len(buffer) - pos} bytes of it received): the data was truncated"
-                )
-            return EndOfStream()
-        return NEED_DATA
-
-    def _compact(self) -> None:
-        if self._pos == len(self._buffer):
-            self._buffer.clear()
-            self._pos = 0
-        elif self._pos >= _COMPACT_THRESHOLD:
-            del self._buffer[: self._pos]
-            self._pos = 0
+        received.compact()  # records that came with the last handshake message wait in the buffer
+        return self._pending.pop(0) if self._pending else NEED_DATA
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events (at most one partial record)."""
-        return len(self._buffer) - self._pos
+        return len(self._received)
 
     def data_to_send(self) -> bytes:
         """Return (and forget) handshake bytes waiting to be sent to the peer; ``b""`` if none."""
@@ -347,8 +352,8 @@ class Connection:
         Raises :class:`LocalProtocolError` before the handshake completes, :class:`StreamClosedError` after
         :meth:`close`, :class:`BrokenStreamError` once broken.
         """
-        if self._state is not State.ESTABLISHED:
-            if self._state is State.HANDSHAKING:
+        if self._state is not _ESTABLISHED:
+            if self._state is _HANDSHAKING:
                 raise LocalProtocolError("cannot send application data before the handshake completes")
             self._check_usable("send")
         if not data:
