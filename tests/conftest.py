@@ -7,6 +7,13 @@ from collections.abc import Iterator
 import pytest
 
 from negotiate_stream.testing import NTLMUsers
+from tests.support.core import GSSAPI_MISSING, HAS_GSSAPI
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip ``kerberos``-marked tests (``requires_gssapi``) where python-gssapi is missing, naming the extra."""
+    if not HAS_GSSAPI and item.get_closest_marker("kerberos") is not None:
+        pytest.skip(GSSAPI_MISSING)
 
 
 @pytest.fixture(scope="session")
