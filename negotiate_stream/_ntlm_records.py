@@ -35,7 +35,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import md5
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from cryptography.hazmat.primitives.ciphers import Cipher
 
@@ -74,8 +74,9 @@ NEGOTIATE_KEY_EXCH = 0x40000000
 NEGOTIATE_56 = 0x80000000
 
 _SEQ_LIMIT = 1 << 32  # the signature carries a 32-bit sequence number
-_VERSION = b"\x01\x00\x00\x00"
 _pack_seq = struct.Struct("<I").pack
+#: version (1), checksum, sequence number: one NTLMSSP_MESSAGE_SIGNATURE, packed in one call.
+_pack_signature = struct.Struct("<I8sI").pack
 
 # SIGNKEY/SEALKEY magic constants (MS-NLMP 3.4.5.2 and 3.4.5.3), NUL terminator included.
 _CLIENT_SIGN = b"session key to client-to-server signing key magic constant\x00"
@@ -181,6 +182,20 @@ def arc4(key: bytes, skip: int = 0) -> Callable[[Buffer], bytes]:
     return update
 
 
+def _unused(*args: object) -> bytes:
+    raise RuntimeError("this NTLMRecordCipher was built for the other direction only")
+
+
+def _keyed_hmac_md5(key: bytes) -> Callable[[], Any]:
+    """The ``copy`` method of an HMAC-MD5 keyed with ``key`` (stdlib :mod:`hmac`): one fresh keyed MAC per record.
+
+    With OpenSSL 3 a one-shot ``hmac.digest(key, msg, "md5")`` looks the digest up and keys it on every call, which
+    costs more than the MAC of a small record itself; copying a keyed state does not. The MAC construction stays the
+    standard library's (the project never writes its own cipher or MAC).
+    """
+    return hmac.new(key, digestmod="md5").copy
+
+
 class NTLMRecordCipher:
     """Seal/unseal and sign/verify NTLM records, continuing a pyspnego context from its :class:`NTLMRecordState`.
 
@@ -188,11 +203,23 @@ class NTLMRecordCipher:
     :class:`~negotiate_stream.errors.IntegrityError` (``SEC_E_MESSAGE_ALTERED``) and returns nothing; from then on
     every call, in either direction, raises :class:`~negotiate_stream.errors.BrokenStreamError` (the keystream and
     counters can no longer be trusted, exactly as pyspnego's cannot after a BadMICError).
+
+    ``direction="out"`` (or ``"in"``) builds only the outgoing (incoming) RC4 and HMAC states, for a cipher that only
+    ever seals/signs (unseals/verifies): the other direction's methods then raise RuntimeError.
     """
 
-    __slots__ = ("_failure", "_key_exch", "_rc4_in", "_rc4_out", "_seq_in", "_seq_out", "_sign_in", "_sign_out")
+    __slots__ = (
+        "_failure",
+        "_key_exch",
+        "_mac_in",
+        "_mac_out",
+        "_rc4_in",
+        "_rc4_out",
+        "_seq_in",
+        "_seq_out",
+    )
 
-    def __init__(self, state: NTLMRecordState) -> None:
+    def __init__(self, state: NTLMRecordState, *, direction: Literal["both", "out", "in"] = "both") -> None:
         if not covers(state.flags):
             raise UnsupportedNTLMState(
                 f"NTLM flags 0x{state.flags:08x} need pyspnego's record transform (no ESS, no SIGN or datagram mode)"
@@ -204,22 +231,28 @@ class NTLMRecordCipher:
         if state.keystream_out < 0 or state.keystream_in < 0:
             raise UnsupportedNTLMState("keystream positions cannot be negative")
         keys = derive_keys(state.session_key, state.flags, initiator=state.initiator)
-        # Keyed HMAC-MD5 states, copied per record: with OpenSSL 3 a one-shot hmac.digest(key, msg, "md5") looks the
-        # digest up and keys it on every call, which costs more than the MAC of a small record itself.
-        self._sign_out = hmac.new(keys.sign_out, digestmod="md5")
-        self._sign_in = hmac.new(keys.sign_in, digestmod="md5")
-        self._rc4_out = arc4(keys.seal_out, state.keystream_out)
-        self._rc4_in = arc4(keys.seal_in, state.keystream_in)
+        self._mac_out: Callable[[], Any] = _unused
+        self._rc4_out: Callable[[Buffer], bytes] = _unused
+        self._mac_in: Callable[[], Any] = _unused
+        self._rc4_in: Callable[[Buffer], bytes] = _unused
+        if direction != "in":
+            self._mac_out = _keyed_hmac_md5(keys.sign_out)
+            self._rc4_out = arc4(keys.seal_out, state.keystream_out)
+        if direction != "out":
+            self._mac_in = _keyed_hmac_md5(keys.sign_in)
+            self._rc4_in = arc4(keys.seal_in, state.keystream_in)
         self._seq_out = state.seq_out
         self._seq_in = state.seq_in
         self._key_exch = bool(state.flags & NEGOTIATE_KEY_EXCH)
         self._failure: IntegrityError | None = None
 
     @classmethod
-    def create(cls, state: NTLMRecordState) -> NTLMRecordCipher | None:
+    def create(
+        cls, state: NTLMRecordState, *, direction: Literal["both", "out", "in"] = "both"
+    ) -> NTLMRecordCipher | None:
         """A cipher for ``state``, or ``None`` when the state is not covered (then keep pyspnego)."""
         try:
-            return cls(state)
+            return cls(state, direction=direction)
         except UnsupportedNTLMState:
             return None
 
@@ -233,57 +266,59 @@ class NTLMRecordCipher:
         error.__cause__ = self._failure
         return error
 
-    def _next_seq_out(self) -> bytes:
+    def _next_seq_out(self) -> int:
         seq_out = self._seq_out
         if seq_out >= _SEQ_LIMIT:  # 2**32 records in this direction: never reuse a sequence number
             raise ContextExpiredError("the NTLM sequence number space is exhausted; authenticate again")
         self._seq_out = seq_out + 1
-        return _pack_seq(seq_out)
+        return seq_out
 
-    def _next_seq_in(self) -> bytes:
+    def _next_seq_in(self) -> int:
         seq_in = self._seq_in
         if seq_in >= _SEQ_LIMIT:
             raise ContextExpiredError("the NTLM sequence number space is exhausted; authenticate again")
         self._seq_in = seq_in + 1
-        return _pack_seq(seq_in)
+        return seq_in
 
     def _fail(self, reason: str) -> IntegrityError:
         self._failure = IntegrityError(reason, status=SEC_E_MESSAGE_ALTERED)
         return self._failure
 
-    def _checksum_out(self, seq: bytes, data: Buffer) -> bytes:
-        mac = self._sign_out.copy()
-        mac.update(seq)
+    def _signature_out(self, seq_out: int, data: Buffer) -> bytes:
+        # The 16-byte signature (version, checksum, sequence number) of an outgoing record; the RC4 keystream of a
+        # sealed record's data must already be consumed (it covers the message first, then the checksum).
+        mac = self._mac_out()
+        mac.update(_pack_seq(seq_out))
         mac.update(data)
+        checksum: bytes = mac.digest()[:8]
         if self._key_exch:
-            return self._rc4_out(mac.digest()[:8])
-        return mac.digest()[:8]
+            checksum = self._rc4_out(checksum)
+        return _pack_signature(1, checksum, seq_out)
 
     def seal(self, data: Buffer) -> bytes:
         """``signature + RC4(data)`` for the next outgoing record (pyspnego's ``wrap(data).data``)."""
         if self._failure is not None:
             raise self._refuse()
-        seq = self._next_seq_out()
+        seq_out = self._next_seq_out()
         encrypted = self._rc4_out(data)  # the keystream covers the message first, then the checksum
-        return b"".join((_VERSION, self._checksum_out(seq, data), seq, encrypted))
+        return self._signature_out(seq_out, data) + encrypted
 
     def sign(self, data: Buffer) -> bytes:
         """The 16-byte signature of ``data`` for the next outgoing record (pyspnego's ``sign(data)``)."""
         if self._failure is not None:
             raise self._refuse()
-        seq = self._next_seq_out()
-        return b"".join((_VERSION, self._checksum_out(seq, data), seq))
+        return self._signature_out(self._next_seq_out(), data)
 
-    def _check(self, seq: bytes, data: Buffer, signature: Buffer) -> None:
-        # ``seq`` is the number we expect, not the one in the record: a replayed or reordered record carries an old
-        # number and fails here, like a tampered one.
-        mac = self._sign_in.copy()
-        mac.update(seq)
+    def _check(self, seq_in: int, data: Buffer, signature: Buffer) -> None:
+        # ``seq_in`` is the number we expect, not the one in the record: a replayed or reordered record carries an
+        # old number and fails here, like a tampered one.
+        mac = self._mac_in()
+        mac.update(_pack_seq(seq_in))
         mac.update(data)
-        checksum = mac.digest()[:8]
+        checksum: bytes = mac.digest()[:8]
         if self._key_exch:
             checksum = self._rc4_in(checksum)
-        if not hmac.compare_digest(b"".join((_VERSION, checksum, seq)), signature):
+        if not hmac.compare_digest(_pack_signature(1, checksum, seq_in), signature):
             raise self._fail("NTLM record failed its integrity check (tampered, replayed, reordered or dropped)")
 
     def unseal(self, payload: Buffer) -> bytes:
@@ -292,10 +327,10 @@ class NTLMRecordCipher:
             raise self._refuse()
         if len(payload) < SIGNATURE_SIZE:
             raise self._fail(f"sealed NTLM record shorter than its {SIGNATURE_SIZE}-byte signature")
-        seq = self._next_seq_in()
+        seq_in = self._next_seq_in()
         with memoryview(payload) as view:
             plaintext = self._rc4_in(view[SIGNATURE_SIZE:])  # the one copy the caller gets
-            self._check(seq, plaintext, view[:SIGNATURE_SIZE])
+            self._check(seq_in, plaintext, view[:SIGNATURE_SIZE])
         return plaintext
 
     def verify(self, data: Buffer, signature: Buffer) -> None:

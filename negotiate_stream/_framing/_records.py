@@ -115,11 +115,15 @@ class RecordCodec:
         ``data`` must not be empty. Each slice is a memoryview, so ``protect`` reads it without a copy; the
         records are joined so that the caller hands the transport one write.
         """
-        if isinstance(data, memoryview) and data.itemsize != 1:
+        if type(data) is not memoryview:
+            if len(data) <= self.max_plaintext:
+                # The common case (one record of bytes or bytearray) skips the generator and the join.
+                payload = protect(data)
+                return self._header.pack(len(payload)) + payload
+        elif data.itemsize != 1:
             data = data.cast("B")  # record limits count bytes, not items
         pack = self._header.pack
         if len(data) <= self.max_plaintext:
-            # The common case (one record) skips the generator and the join.
             payload = protect(data)
             return pack(len(payload)) + payload
         parts = []

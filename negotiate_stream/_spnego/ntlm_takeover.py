@@ -30,8 +30,9 @@ test_record_paths.py, bit-exact against pyspnego - catch that on an upgrade).
 
 What is written: a measurement gives the probed keystream back through a stand-in (:class:`_GiveBack`) in the
 handle's ``_handle`` slot, so pyspnego's RC4 state is never left consumed, whether the takeover happens or not; and
-after a takeover pyspnego's ``_handle_out`` / ``_handle_in`` are set to ``None``, so a stray pyspnego
-``wrap``/``sign`` on the context fails (NoContextError) instead of reusing RC4 keystream our cipher already used.
+after a takeover pyspnego's ``_handle_out`` / ``_handle_in`` are set to ``None`` (and their ``_handle`` too, which
+frees pyspnego's RC4 states at once), so a stray pyspnego ``wrap``/``sign`` on the context fails (NoContextError)
+instead of reusing RC4 keystream our cipher already used.
 """
 
 from __future__ import annotations
@@ -204,9 +205,15 @@ def take_over(ctx: spnego.ContextProxy) -> NTLMFastPath | None:
     state = ntlm_record_state(ctx)
     if state is None:
         return None
-    outgoing, incoming = NTLMRecordCipher.create(state), NTLMRecordCipher.create(state)
+    # One direction each: the outgoing cipher never needs the incoming RC4/HMAC states, nor the other way round.
+    outgoing = NTLMRecordCipher.create(state, direction="out")
+    incoming = NTLMRecordCipher.create(state, direction="in")
     if outgoing is None or incoming is None:  # e.g. a session key that is not 16 bytes; the probes were given back
         return None
     inner = mechanism(ctx)
+    for handle in (inner._handle_out, inner._handle_in):
+        # The give-back stand-in and its handle refer to each other: break that cycle so pyspnego's RC4 states
+        # (and the probed keystream) are freed now rather than at the next cyclic garbage collection.
+        handle._handle = None
     inner._handle_out = inner._handle_in = None
     return NTLMFastPath(outgoing=outgoing, incoming=incoming)
