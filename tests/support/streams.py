@@ -383,6 +383,27 @@ def read_frame(sock: socket.socket) -> bytes:
     return header + payload
 
 
+def drain_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer of ``sock`` sends until it closes (a reset counts as closed)."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def cut_record_then_reset(server: NegotiateSocket, sock: socket.socket) -> None:
+    """Send a whole record and part of a second one, wait for the client's ``go``, then reset the connection."""
+    server.sendall(b"whole")
+    wire = server.connection.send(b"cut short" * 50)  # driven by hand to send a partial record
+    sock.sendall(wire[:-5])
+    # Only once the client holds it: an abortive close drops what is still in our send queue (Nagle).
+    assert server.recv(2) == b"go"
+    reset(sock)
+
+
 def recv_exactly(sock: NegotiateSocket, size: int) -> bytes:
     """Receive exactly ``size`` bytes; an early EOF fails the test."""
     data = bytearray()

@@ -18,7 +18,15 @@ from negotiate_stream.anyio_ import NegotiateStream, connect, memory_stream_pair
 from negotiate_stream.sync import NegotiateSocket
 from negotiate_stream.testing import NTLMUsers
 from tests.support.aio import client_options, server_options
-from tests.support.streams import GUARD_TIMEOUT, RESET_ERRORS, SERVER_CUTS, authenticated_server, reset, scripted_peer
+from tests.support.streams import (
+    GUARD_TIMEOUT,
+    RESET_ERRORS,
+    SERVER_CUTS,
+    authenticated_server,
+    cut_record_then_reset,
+    reset,
+    scripted_peer,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -86,21 +94,13 @@ async def test_server_closing_right_after_accept_is_always_truncation(ntlm_users
 async def test_reset_inside_a_record_is_truncation(ntlm_users: NTLMUsers) -> None:
     """Part of a record, then a reset: TruncatedStreamError caused by the reset; every later call raises Broken."""
 
-    def cut(server: NegotiateSocket, sock: socket.socket) -> None:
-        server.sendall(b"whole")
-        wire = server.connection.send(b"cut short" * 50)  # driven by hand to send a partial record
-        sock.sendall(wire[:-5])
-        # Only once the client holds it: an abortive close drops what is still in our send queue (Nagle).
-        assert server.recv(2) == b"go"
-        reset(sock)
-
     async def receive_the_rest(stream: NegotiateStream) -> None:
         with pytest.raises(TruncatedStreamError, match="middle of a record") as excinfo:
             await stream.receive()
         errors.append(excinfo.value)
 
     errors: list[BaseException] = []
-    with scripted_peer(authenticated_server(ntlm_users, cut)) as (port, peer):
+    with scripted_peer(authenticated_server(ntlm_users, cut_record_then_reset)) as (port, peer):
         async with await authenticate(port, ntlm_users) as stream:
             assert await stream.receive() == b"whole"
             async with anyio.create_task_group() as tg:

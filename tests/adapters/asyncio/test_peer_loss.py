@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -26,6 +27,7 @@ from tests.support.streams import (
     SERVER_CUTS,
     assert_truncated_by_reset,
     authenticated_server,
+    cut_record_then_reset,
     reset,
     scripted_peer,
 )
@@ -74,6 +76,15 @@ async def next_failure(end: End) -> BaseException | None:
     return await end.lost
 
 
+async def handshake_failure(fake_server: Callable[[socket.socket], None], api: str, users: NTLMUsers) -> BaseException:
+    """The TruncatedStreamError our client's handshake (``api``) gets from ``fake_server``; the peer must finish."""
+    with scripted_peer(fake_server) as (port, peer):
+        with pytest.raises(TruncatedStreamError) as excinfo:
+            await handshake(api, port, users)
+        peer.result()
+    return excinfo.value
+
+
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("cut", SERVER_CUTS)
 def test_server_reset_at_each_handshake_step(api: str, cut: str, ntlm_users: NTLMUsers) -> None:
@@ -84,14 +95,7 @@ def test_server_reset_at_each_handshake_step(api: str, cut: str, ntlm_users: NTL
         SERVER_CUTS[cut](sock, server)
         reset(sock)
 
-    async def main() -> BaseException:
-        with scripted_peer(fake_server) as (port, peer):
-            with pytest.raises(TruncatedStreamError) as excinfo:
-                await handshake(api, port, ntlm_users)
-            peer.result()
-        return excinfo.value
-
-    error = run(main())
+    error = run(handshake_failure(fake_server, api, ntlm_users))
     assert type(error) is TruncatedStreamError
     # An RST that overtakes our last write is a reset; one that arrives after the kernel saw a FIN is an EOF.
     assert error.__cause__ is None or isinstance(error.__cause__, RESET_ERRORS), repr(error.__cause__)
@@ -105,14 +109,7 @@ def test_reset_before_reading_the_first_message_is_caused_by_the_os_error(api: s
         SERVER_CUTS["after-negotiate"](sock, Connection(SecurityContext.create(True, **server_options(ntlm_users))))
         reset(sock)
 
-    async def main() -> BaseException:
-        with scripted_peer(fake_server) as (port, peer):
-            with pytest.raises(TruncatedStreamError) as excinfo:
-                await handshake(api, port, ntlm_users)
-            peer.result()
-        return excinfo.value
-
-    assert_truncated_by_reset(run(main()))
+    assert_truncated_by_reset(run(handshake_failure(fake_server, api, ntlm_users)))
 
 
 def test_server_closing_right_after_accept_is_always_truncation(ntlm_users: NTLMUsers) -> None:
@@ -147,16 +144,8 @@ async def holding_part_of_a_record(transport: asyncio.WriteTransport) -> None:
 def test_reset_inside_a_record_is_truncation(api: str, ntlm_users: NTLMUsers) -> None:
     """Part of a record, then a reset: TruncatedStreamError caused by ECONNRESET; writes then raise Broken."""
 
-    def cut(server: NegotiateSocket, sock: socket.socket) -> None:
-        server.sendall(b"whole")
-        wire = server.connection.send(b"cut short" * 50)  # driven by hand to send a partial record
-        sock.sendall(wire[:-5])
-        # Only once the client holds it: an abortive close drops what is still in our send queue (Nagle).
-        assert server.recv(2) == b"go"
-        reset(sock)
-
     async def main() -> None:
-        with scripted_peer(authenticated_server(ntlm_users, cut)) as (port, peer):
+        with scripted_peer(authenticated_server(ntlm_users, cut_record_then_reset)) as (port, peer):
             client = await handshake(api, port, ntlm_users)
             end, transport = client.end, client.transport
             if isinstance(end, asyncio.StreamReader):

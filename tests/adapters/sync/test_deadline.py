@@ -20,6 +20,7 @@ from tests.support.streams import (
     BareTap,
     Worker,
     client_options,
+    drain_until_closed,
     negotiated_sockets,
     read_frame,
     recv_exactly,
@@ -43,17 +44,6 @@ def drip(sock: socket.socket, data: bytes, stop: threading.Event) -> None:
             sock.sendall(bytes([byte]))
         except OSError:
             return
-
-
-def drain_until_closed(sock: socket.socket) -> bytes:
-    """Everything the peer sends until it closes (a reset counts as closed)."""
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
 
 
 @pytest.fixture
