@@ -196,6 +196,22 @@ def _keyed_hmac_md5(key: bytes) -> Callable[[], Any]:
     return hmac.new(key, digestmod="md5").copy
 
 
+def _signature(
+    new_mac: Callable[[], Any], seal_checksum: Callable[[Buffer], bytes] | None, seq: int, data: Buffer
+) -> bytes:
+    """One NTLMSSP_MESSAGE_SIGNATURE with ESS (MS-NLMP 3.4.4.2): version 1, the first 8 bytes of
+    HMAC-MD5(SIGNKEY, seq + data) — RC4-encrypted with the direction's sealing handle when KEY_EXCH was
+    negotiated (``seal_checksum``) — and the sequence number. The same computation signs and verifies.
+    """
+    mac = new_mac()
+    mac.update(_pack_seq(seq))
+    mac.update(data)
+    checksum: bytes = mac.digest()[:8]
+    if seal_checksum is not None:
+        checksum = seal_checksum(checksum)
+    return _pack_signature(1, checksum, seq)
+
+
 class NTLMRecordCipher:
     """Seal/unseal and sign/verify NTLM records, continuing a pyspnego context from its :class:`NTLMRecordState`.
 
@@ -287,13 +303,7 @@ class NTLMRecordCipher:
     def _signature_out(self, seq_out: int, data: Buffer) -> bytes:
         # The 16-byte signature (version, checksum, sequence number) of an outgoing record; the RC4 keystream of a
         # sealed record's data must already be consumed (it covers the message first, then the checksum).
-        mac = self._mac_out()
-        mac.update(_pack_seq(seq_out))
-        mac.update(data)
-        checksum: bytes = mac.digest()[:8]
-        if self._key_exch:
-            checksum = self._rc4_out(checksum)
-        return _pack_signature(1, checksum, seq_out)
+        return _signature(self._mac_out, self._rc4_out if self._key_exch else None, seq_out, data)
 
     def seal(self, data: Buffer) -> bytes:
         """``signature + RC4(data)`` for the next outgoing record (pyspnego's ``wrap(data).data``)."""
@@ -312,13 +322,8 @@ class NTLMRecordCipher:
     def _check(self, seq_in: int, data: Buffer, signature: Buffer) -> None:
         # ``seq_in`` is the number we expect, not the one in the record: a replayed or reordered record carries an
         # old number and fails here, like a tampered one.
-        mac = self._mac_in()
-        mac.update(_pack_seq(seq_in))
-        mac.update(data)
-        checksum: bytes = mac.digest()[:8]
-        if self._key_exch:
-            checksum = self._rc4_in(checksum)
-        if not hmac.compare_digest(_pack_signature(1, checksum, seq_in), signature):
+        expected = _signature(self._mac_in, self._rc4_in if self._key_exch else None, seq_in, data)
+        if not hmac.compare_digest(expected, signature):
             raise self._fail("NTLM record failed its integrity check (tampered, replayed, reordered or dropped)")
 
     def unseal(self, payload: Buffer) -> bytes:
