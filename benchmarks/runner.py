@@ -66,6 +66,28 @@ def _run_here(scenario: Scenario, ctx: Context) -> Result:
         return _failed(scenario, f"error: {traceback.format_exception_only(type(exc), exc)[-1].strip()}")
 
 
+#: Scenario kinds measured ``config.repeats`` times (best kept): the ones a throughput ratio is computed from.
+REPEATED_KINDS = ("bulk", "crypto")
+
+
+def _run_best_of(scenario: Scenario, ctx: Context) -> Result:
+    """Run ``scenario`` ``ctx.config.repeats`` times and keep the fastest run; any run that failed or was not
+    verified is reported instead (a retry never hides a failure). Other kinds run once (they repeat inside)."""
+    repeats = ctx.config.repeats if scenario.kind in REPEATED_KINDS else 1
+    best: Result | None = None
+    for _ in range(max(1, repeats)):
+        result = _run_here(scenario, ctx)
+        if not result.ok or result.verified is False:
+            return result
+        assert result.value is not None
+        if best is None or result.value > (best.value or 0.0):
+            best = result
+        gc.collect()
+    assert best is not None
+    best.extra["runs"] = max(1, repeats)
+    return best
+
+
 def _run_isolated(scenario: Scenario, config: BenchConfig) -> Result:
     """Run ``scenario`` in a fresh interpreter (so RSS deltas are not blurred by earlier scenarios' heaps)."""
     command = child_command("--child", scenario.name, "--config", json.dumps(config.to_json()))
@@ -122,7 +144,7 @@ def run_bench(
                 with bar.scenario(scenario.name):
                     gc.collect()
                     isolated = scenario.isolated and isolate
-                    result = _run_isolated(scenario, config) if isolated else _run_here(scenario, ctx)
+                    result = _run_isolated(scenario, config) if isolated else _run_best_of(scenario, ctx)
                 results.append(result)
                 bar.finished(result)
         finally:

@@ -361,7 +361,7 @@ class Connection:
         if not self._framed:
             return bytes(data)
         try:
-            return self._codec.encode(data, self.context.protect)
+            return self._codec.encode(data, self.context.protect_parts)
         except NegotiateError as exc:
             self.mark_broken(exc)
             raise

@@ -38,7 +38,7 @@ from ._spnego.delegation import check_delegation, delegated_credentials, imperso
 from ._spnego.environment import acceptor_environment
 from ._spnego.ntlm_takeover import NTLMFastPath, take_over
 from ._spnego.ntlm_users import write_ntlm_user_file
-from ._spnego.records import Buffer, RecordFunction
+from ._spnego.records import Buffer, ProtectFunction, RecordFunction
 from ._spnego.translate import data_error, deferred_gss_error, handshake_error, kerberos_unavailable, pyspnego_text
 from .errors import (
     ERROR_TRUST_FAILURE,
@@ -53,14 +53,7 @@ from .errors import (
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = [
-    "ContextOptions",
-    "Credentials",
-    "ProtectionLevel",
-    "SecurityContext",
-    "StreamSizes",
-    "write_ntlm_user_file",
-]
+__all__ = ["ContextOptions", "Credentials", "ProtectionLevel", "SecurityContext", "StreamSizes", "write_ntlm_user_file"]
 
 _PROTOCOLS = ("negotiate", "ntlm", "kerberos")
 
@@ -114,7 +107,7 @@ class SecurityContext:
         self._framing: Framing = "nns"  # until a Connection says otherwise (set_framing)
         self._credentials = credentials or Credentials()
         self._protection_level: ProtectionLevel | None = None
-        self._protect: RecordFunction = records.not_ready
+        self._protect: ProtectFunction = records.not_ready
         self._unprotect: RecordFunction = records.not_ready
         self._rejected: NegotiateError | None = None
         self._fast: NTLMFastPath | None = None  # our NTLM ciphers once they took the records over from pyspnego
@@ -235,10 +228,14 @@ class SecurityContext:
     # -- data ----------------------------------------------------------------------------------------------------
 
     def protect(self, plaintext: Buffer) -> bytes:
-        """Sign (and encrypt) one record's plaintext; returns the record payload (signature + data).
+        """Sign (and encrypt) one record's plaintext (any bytes-like object, read during the call only); returns the
+        record payload (signature + data)."""
+        prefix, body = self.protect_parts(plaintext)
+        return prefix + body
 
-        ``plaintext`` may be any bytes-like object; it is read during the call only.
-        """
+    def protect_parts(self, plaintext: Buffer) -> tuple[bytes, Buffer]:
+        """:meth:`protect` as ``(prefix, body)`` whose concatenation is the payload, e.g. (signature, ciphertext):
+        a framing joins its header and both in one copy. ``body`` may be ``plaintext`` itself (copy it at once)."""
         try:
             return self._protect(plaintext)
         except NegotiateError:
@@ -386,9 +383,8 @@ class SecurityContext:
 
     def stream_sizes(self, max_message: int) -> StreamSizes:
         """Sizes of the per-record overhead for this context; ``max_message`` comes from the framing."""
-        if self.protection_level is ProtectionLevel.NONE:
-            return StreamSizes(header=0, trailer=0, max_message=max_message)
-        return StreamSizes(header=records.header_size(self._ctx), trailer=0, max_message=max_message)
+        header = 0 if self.protection_level is ProtectionLevel.NONE else records.header_size(self._ctx)
+        return StreamSizes(header=header, trailer=0, max_message=max_message)
 
     def __repr__(self) -> str:
         role = "server" if self.is_server else "client"

@@ -23,9 +23,10 @@ Record layouts (MS-NLMP 2.2.2.9.2, NTLMSSP_MESSAGE_SIGNATURE with ESS)::
     sealed      = signature + RC4(plaintext)      (RC4 runs over the plaintext first, then over the checksum)
     sign-only   = signature + plaintext           (assembled by the caller from :meth:`NTLMRecordCipher.sign`)
 
-Thread-safety: :meth:`~NTLMRecordCipher.seal` and :meth:`~NTLMRecordCipher.sign` touch only the outgoing state,
-:meth:`~NTLMRecordCipher.unseal` and :meth:`~NTLMRecordCipher.verify` only the incoming state, so one sender and one
-receiver may run concurrently (the seed's one-encryptor/one-decryptor rule); two senders or two receivers may not.
+Thread-safety: :meth:`~NTLMRecordCipher.seal`, :meth:`~NTLMRecordCipher.seal_parts` and :meth:`~NTLMRecordCipher.sign`
+touch only the outgoing state, :meth:`~NTLMRecordCipher.unseal` and :meth:`~NTLMRecordCipher.verify` only the
+incoming state, so one sender and one receiver may run concurrently (the seed's one-encryptor/one-decryptor rule);
+two senders or two receivers may not.
 """
 
 from __future__ import annotations
@@ -305,13 +306,19 @@ class NTLMRecordCipher:
         # sealed record's data must already be consumed (it covers the message first, then the checksum).
         return _signature(self._mac_out, self._rc4_out if self._key_exch else None, seq_out, data)
 
-    def seal(self, data: Buffer) -> bytes:
-        """``signature + RC4(data)`` for the next outgoing record (pyspnego's ``wrap(data).data``)."""
+    def seal_parts(self, data: Buffer) -> tuple[bytes, bytes]:
+        """``(signature, RC4(data))`` of the next outgoing record: :meth:`seal` before the join, so a framing can
+        put its header in front of both in one copy."""
         if self._failure is not None:
             raise self._refuse()
         seq_out = self._next_seq_out()
         encrypted = self._rc4_out(data)  # the keystream covers the message first, then the checksum
-        return self._signature_out(seq_out, data) + encrypted
+        return self._signature_out(seq_out, data), encrypted
+
+    def seal(self, data: Buffer) -> bytes:
+        """``signature + RC4(data)`` for the next outgoing record (pyspnego's ``wrap(data).data``)."""
+        signature, encrypted = self.seal_parts(data)
+        return signature + encrypted
 
     def sign(self, data: Buffer) -> bytes:
         """The 16-byte signature of ``data`` for the next outgoing record (pyspnego's ``sign(data)``)."""

@@ -394,3 +394,28 @@ def test_record_path_env_is_restored(monkeypatch):
         assert os.environ[FAST_PATH_VARIABLE] == "0"
         raise RuntimeError("a failing scenario")
     assert FAST_PATH_VARIABLE not in os.environ
+
+
+def test_bulk_and_floor_scenarios_report_their_best_run_and_never_hide_a_failure(monkeypatch):
+    """A bulk scenario runs ``repeats`` times and reports its fastest run; a failed run is reported, not retried."""
+    from benchmarks import runner
+    from benchmarks.registry import Scenario
+    from benchmarks.results import Result
+
+    def scripted(name: str, outcomes: list[float | None]) -> Scenario:
+        remaining = list(outcomes)
+
+        def run(_ctx: object) -> Result:
+            value = remaining.pop(0)
+            status = "ok" if value is not None else "error: the data did not arrive"
+            return Result(name, "ours", "bulk", value, level="sealed", verified=value is not None, status=status)
+
+        return Scenario(name, "ours", "bulk", "sealed", run)
+
+    scenarios = [scripted("ours.fake.bulk.best", [1.0, 3.0, 2.0]), scripted("ours.fake.bulk.fails", [5.0, None, 9.0])]
+    monkeypatch.setattr(runner, "all_scenarios", lambda: scenarios)
+    result = run_bench(TINY, only=["ours.fake"], progress=False)
+    best, failed = result.results
+    assert TINY.repeats == 3
+    assert best.value == 3.0 and best.extra["runs"] == 3
+    assert failed.value is None and failed.status.startswith("error"), failed.status

@@ -109,26 +109,21 @@ class RecordCodec:
         for offset in range(0, len(view), limit):
             yield view[offset : offset + limit]
 
-    def encode(self, data: Buffer, protect: Callable[[Buffer], bytes]) -> bytes:
-        """Protect ``data`` record by record with ``protect`` and return the framed wire bytes (one buffer).
+    def encode(self, data: Buffer, protect: Callable[[Buffer], tuple[bytes, Buffer]]) -> bytes:
+        """Protect ``data`` record by record and return the framed wire bytes (one buffer, for one write).
 
-        ``data`` must not be empty. Each slice is a memoryview, so ``protect`` reads it without a copy; the
-        records are joined so that the caller hands the transport one write.
+        ``data`` must not be empty. ``protect`` returns each payload in two parts, ``(prefix, body)`` (signature and
+        ciphertext, say): every record's header and parts are joined once, so the payload is copied once, not once
+        per concatenation. Each slice is a memoryview, so ``protect`` reads it without a copy.
         """
-        if type(data) is not memoryview:
-            if len(data) <= self.max_plaintext:
-                # The common case (one record of bytes or bytearray) skips the generator and the join.
-                payload = protect(data)
-                return self._header.pack(len(payload)) + payload
-        elif data.itemsize != 1:
-            data = data.cast("B")  # record limits count bytes, not items
         pack = self._header.pack
-        if len(data) <= self.max_plaintext:
-            payload = protect(data)
-            return pack(len(payload)) + payload
-        parts = []
+        if type(data) is memoryview and data.itemsize != 1:
+            data = data.cast("B")  # record limits count bytes, not items
+        if len(data) <= self.max_plaintext:  # the common case: one record, no generator
+            prefix, body = protect(data)
+            return b"".join((pack(len(prefix) + len(body)), prefix, body))
+        parts: list[Buffer] = []
         for chunk in self.split(data):
-            payload = protect(chunk)
-            parts.append(pack(len(payload)))
-            parts.append(payload)
+            prefix, body = protect(chunk)
+            parts += (pack(len(prefix) + len(body)), prefix, body)
         return b"".join(parts)

@@ -12,7 +12,7 @@ translates the former with :mod:`.translate`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import spnego
 from spnego import ContextReq
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NTLM_SIGNATURE_SIZE",
     "Buffer",
+    "ProtectFunction",
     "RecordFunction",
     "header_size",
     "is_mutually_authenticated",
@@ -47,6 +48,10 @@ __all__ = [
 Buffer = bytes | bytearray | memoryview
 #: One direction's per-record function: plaintext -> payload, or payload -> plaintext.
 RecordFunction = Callable[[Buffer], bytes]
+#: The sending side's record function: plaintext -> the payload in two parts, ``prefix + body`` (e.g. signature and
+#: ciphertext), so that the framing joins its header and both in one copy instead of concatenating twice. ``body``
+#: may be the plaintext buffer itself (NTLM sign-only); it is read before the caller's buffer can change.
+ProtectFunction = Callable[[Buffer], tuple[bytes, Buffer]]
 
 #: An NTLM signature: version 1, 8-byte checksum, 4-byte sequence number (MS-NLMP 2.2.2.9).
 NTLM_SIGNATURE_SIZE = 16
@@ -66,12 +71,12 @@ def ntlm_sign_layout(protocol: str | None, seal_sign_only: bool | None, framing:
     return protocol == "ntlm" and not seal_sign_only
 
 
-def not_ready(data: Buffer) -> bytes:
+def not_ready(data: Buffer) -> NoReturn:
     """The record function of a context whose handshake is not complete: refuses every record."""
     raise LocalProtocolError("the security context is not established yet: finish the handshake first")
 
 
-def no_protection(data: Buffer) -> bytes:
+def no_protection(data: Buffer) -> NoReturn:
     """The record function at protection level none, where data travels unwrapped: refuses every record."""
     raise LocalProtocolError("protection level is 'none': data is not wrapped, send it as is")
 
@@ -84,7 +89,7 @@ def refusal(error: NegotiateError) -> IntegrityError:
 def refused(error: NegotiateError) -> RecordFunction:
     """An unprotect function that refuses everything after ``error``."""
 
-    def refuse(payload: Buffer) -> bytes:
+    def refuse(payload: Buffer) -> NoReturn:
         raise refusal(error)
 
     return refuse
@@ -154,13 +159,13 @@ def unwrap_message(ctx: spnego.ContextProxy, token: bytes, fast: NTLMFastPath | 
 
 def _fast_functions(
     fast: NTLMFastPath, level: ProtectionLevel, *, ntlm_sign_layout: bool
-) -> tuple[RecordFunction, RecordFunction]:
+) -> tuple[ProtectFunction, RecordFunction]:
     """``(protect, unprotect)`` on the taken-over NTLM ciphers: the same layouts and bytes as the pyspnego ones."""
     if level is ProtectionLevel.SIGN and ntlm_sign_layout:
         sign, verify = fast.outgoing.sign, fast.incoming.verify
 
-        def protect(data: Buffer) -> bytes:
-            return sign(data) + data
+        def protect(data: Buffer) -> tuple[bytes, Buffer]:
+            return sign(data), data
 
         def unprotect(payload: Buffer) -> bytes:
             if len(payload) < NTLM_SIGNATURE_SIZE:  # the same refusal (and message) as the pyspnego path's
@@ -175,7 +180,7 @@ def _fast_functions(
     # ENCRYPT_AND_SIGN, and SIGN in the sealed layout: pyspnego's wrap() seals in both cases. The cipher's
     # methods are the record functions themselves (no wrapper call per record). After a failure the incoming
     # cipher would raise BrokenStreamError, but SecurityContext never calls it again (its refusals are sticky).
-    return fast.outgoing.seal, fast.incoming.unseal
+    return fast.outgoing.seal_parts, fast.incoming.unseal
 
 
 def record_functions(
@@ -184,7 +189,7 @@ def record_functions(
     *,
     ntlm_sign_layout: bool,
     fast: NTLMFastPath | None = None,
-) -> tuple[RecordFunction, RecordFunction] | None:
+) -> tuple[ProtectFunction, RecordFunction] | None:
     """``(protect, unprotect)`` for records at ``level`` on the complete context; ``None`` at level NONE.
 
     ``ntlm_sign_layout`` selects, at level SIGN, the Windows NTLM sign-only layout (16-byte signature + plaintext)
@@ -215,8 +220,8 @@ def record_functions(
 
     if level is ProtectionLevel.ENCRYPT_AND_SIGN:
 
-        def protect(data: Buffer) -> bytes:
-            return bytes(wrap(data, True).data)
+        def protect(data: Buffer) -> tuple[bytes, Buffer]:
+            return b"", bytes(wrap(data, True).data)
 
         def unprotect(payload: Buffer) -> bytes:
             result = unwrap(payload)
@@ -228,8 +233,8 @@ def record_functions(
         # pyspnego's NTLM wrap(encrypt=False) still seals: sign-only is signature + plaintext, as in .NET.
         sign, verify = cast(Any, inner.sign), cast(Any, inner.verify)  # typed as bytes, read any buffer
 
-        def protect(data: Buffer) -> bytes:
-            return bytes(sign(data)) + data
+        def protect(data: Buffer) -> tuple[bytes, Buffer]:
+            return bytes(sign(data)), data
 
         def unprotect(payload: Buffer) -> bytes:
             if len(payload) < NTLM_SIGNATURE_SIZE:
@@ -243,8 +248,8 @@ def record_functions(
         # Kerberos: RFC 4121 integrity-only tokens. NTLM in the sealed layout: pyspnego's wrap() seals,
         # which is what gss-ntlmssp (.NET on Linux/macOS) and LDAP-style NTLM (Windows, Samba) send at Sign.
 
-        def protect(data: Buffer) -> bytes:
-            return bytes(wrap(data, False).data)
+        def protect(data: Buffer) -> tuple[bytes, Buffer]:
+            return b"", bytes(wrap(data, False).data)
 
         def unprotect(payload: Buffer) -> bytes:
             # Sealed records are accepted too: MIT Kerberos always sets the confidentiality flag, so a

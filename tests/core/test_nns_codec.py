@@ -533,9 +533,14 @@ def test_split_plaintext_counts_bytes_of_multibyte_views() -> None:
 
 @pytest.mark.parametrize("size", [1, 0xFC00, 0xFC01, 3 * 0xFC00 + 7])
 def test_encode_frames_each_protected_chunk(size: int) -> None:
-    """encode() protects each 0xFC00 slice and frames it: the records parse back to the protected slices."""
-    data = random.Random(size).randbytes(size)
-    wire = NNSRecordCodec().encode(data, lambda chunk: b"S" * 16 + bytes(chunk))
+    """encode() protects each 0xFC00 slice and frames it (header, prefix, body): the records parse back to them.
+
+    The body is the caller's slice itself, as NTLM sign-only returns it: the wire must hold a copy, not a view.
+    """
+    source = bytearray(random.Random(size).randbytes(size))
+    data = bytes(source)
+    wire = NNSRecordCodec().encode(source, lambda chunk: (b"S" * 16, chunk))
+    source[:] = bytes(size)  # the caller reuses its buffer: the wire bytes must not change
     payloads, ends = parse_records(wire)
     assert ends[-1] == len(wire)
     assert [p[:16] for p in payloads] == [b"S" * 16] * len(payloads)

@@ -307,6 +307,18 @@ def test_random_interleavings_match_pyspnego(
 # --- buffers ----------------------------------------------------------------------------------------------------
 
 
+def test_seal_parts_are_the_sealed_record_before_the_join(ntlm_users: NTLMUsers) -> None:
+    """seal_parts() gives (signature, ciphertext) whose join is pyspnego's wrap, and advances the state like seal()."""
+    session = open_session(ntlm_users)
+    for message in (b"x", b"framed records join header, signature and ciphertext once", bytes(0xFC00)):
+        signature, ciphertext = session.client.fast.seal_parts(memoryview(message))
+        assert len(signature) == 16 and len(ciphertext) == len(message)
+        assert signature + ciphertext == session.client.pyspnego.wrap(message).data
+        assert session.server.fast.unseal(signature + ciphertext) == message
+        assert session.server.pyspnego.unwrap(signature + ciphertext).data == message
+    session.seal(True, b"and the next sealed record still matches")
+
+
 def test_every_buffer_type_gives_the_same_records(ntlm_users: NTLMUsers) -> None:
     """bytes, bytearray and memoryview (also a slice of a larger buffer) are read in place, same output."""
     message = b"buffer types must not matter"

@@ -305,6 +305,23 @@ def test_buffers_are_read_in_place_on_either_path(
     assert type(plaintext) is bytes and plaintext == b"plaintext in a larger buffer"
 
 
+@pytest.mark.parametrize(("level", "seal_sign_only"), LAYOUTS)
+def test_protect_parts_join_to_the_record_on_either_path(
+    ntlm_users: NTLMUsers, path: str, level: str, seal_sign_only: bool
+) -> None:
+    """protect_parts() and protect() take turns on one context: every (prefix + body) is the next valid record."""
+    client, server = established(ntlm_users, protection_level=level, ntlm_seal_sign_only=seal_sign_only)
+    for index, message in enumerate(MESSAGES[1:] * 2):
+        if index % 2:
+            payload = client.protect(message)
+        else:
+            prefix, body = client.protect_parts(memoryview(message))
+            payload = prefix + body
+            if level == "sign" and not seal_sign_only:  # the Windows sign layout: the body is the plaintext itself
+                assert bytes(body) == message and len(prefix) == 16
+        assert server.unprotect(payload) == message
+
+
 def test_record_path_before_and_without_records(ntlm_users: NTLMUsers) -> None:
     """Before completion the path is none and protecting is still refused as before."""
     client, _server = context_pair(ntlm_users)
