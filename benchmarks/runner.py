@@ -67,7 +67,7 @@ def _run_here(scenario: Scenario, ctx: Context) -> Result:
 
 
 #: Scenario kinds measured ``config.repeats`` times (best kept): the ones a throughput ratio is computed from.
-REPEATED_KINDS = ("bulk", "crypto")
+REPEATED_KINDS = ("bulk", "crypto", "pingpong")
 
 
 def _run_best_of(scenario: Scenario, ctx: Context) -> Result:

@@ -107,11 +107,9 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
         self._app_write_paused = False
 
     def _adopt(self, connection: Connection) -> None:
-        self._conn = connection
-        self._build = None
+        self._conn, self._build, context = connection, None, connection.context
         # Steps that may reach a KDC run in a worker thread; once a step has shown that the session is NTLM (SPNEGO
         # fell back), the rest run inline: they cannot block.
-        context = connection.context
         self._offload = may_block(context.requested_protocol) and context.negotiated_protocol != "ntlm"
 
     @property
@@ -128,7 +126,8 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         loop = self._loop = asyncio.get_running_loop()
-        self._receive_view = receive_buffer()  # this thread's: the one that runs the loop and calls get_buffer
+        self._shared = receive_buffer()  # this thread's: the one that runs the loop and calls get_buffer
+        self._receive_view = self._shared.view
         if self._handshake_timeout is not None:
             self._timer = loop.call_later(self._handshake_timeout, self._on_handshake_timeout)
         if self._build is not None:
@@ -138,8 +137,11 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
             self._resume()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        """Return the reused receive buffer (shared by the connections of this event loop)."""
-        return self._receive_view
+        """The loop's shared receive buffer (once established, cut to one record when the loop is crowded)."""
+        conn = self._conn
+        if conn is None or conn.state is not _ESTABLISHED:
+            return self._receive_view
+        return self._shared.for_read(conn)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Process the ``nbytes`` just received (once established, the records are verified in place)."""
@@ -168,12 +170,10 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
         if isinstance(exc, PEER_LOSS_ERRORS):
             exc = self._peer_lost(exc)
         if self.app_transport is None:
-            self._fail_waiter(
-                exc
-                or self._error
-                or TruncatedStreamError("the peer closed the connection during the handshake (no error frame)")
-            )
+            lost = TruncatedStreamError("the peer closed the connection during the handshake (no error frame)")
+            self._fail_waiter(exc or self._error or lost)
             return
+        self._shared.established -= 1
         if not self._closed:
             self._closed = True
             self.app_protocol.connection_lost(exc if exc is not None else self._error)
@@ -312,6 +312,7 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
         self._cancel_timer()
         assert self._transport is not None
         self.app_transport = NegotiateTransport(self, self._transport, info)
+        self._shared.established += 1  # until connection_lost
         if self._idle_timeout is not None:
             assert self._loop is not None
             self._idle_timer = IdleTimer(self._loop, self._idle_timeout, self._on_idle)

@@ -333,6 +333,11 @@ class Connection:
         received.compact()  # records that came with the last handshake message wait in the buffer
         return self._pending.pop(0) if self._pending else NEED_DATA
 
+    def _read_size(self) -> int:
+        """How much the adapter's next read should take, to stop near a record boundary (ReceiveBuffer.next_read)."""
+        frame = self._codec.header_size + self._codec.max_payload
+        return self._received.next_read(frame) if self._framed else frame
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet turned into events (at most one partial record)."""

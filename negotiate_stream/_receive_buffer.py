@@ -19,7 +19,11 @@ from collections.abc import Callable
 
 from ._framing._records import Buffer, RecordCodec
 
-__all__ = ["ReceiveBuffer"]
+__all__ = ["SHORT_REST", "ReceiveBuffer"]
+
+#: A record begun whose rest is at most this long is completed by a read that goes on into the next record, not by
+#: a read of its own (the 1 KiB second record of each 64 KiB write would otherwise cost one).
+SHORT_REST = 4096
 
 
 class ReceiveBuffer:
@@ -63,6 +67,21 @@ class ReceiveBuffer:
             self.compact()
             self.data += lent[self.lent_pos :]
         self.lent_pos = 0
+
+    def missing(self) -> int:
+        """Bytes still to come of the record begun in our own buffer; 0 when none is (nothing, or whole records the
+        app has not read yet), or when its header is incomplete."""
+        data, pos, header = self.data, self.pos, self._header
+        if self.lent is not None or len(data) - pos < header:
+            return 0
+        return max(0, pos + header + self._codec.payload_length(data, pos) - len(data))
+
+    def next_read(self, frame: int) -> int:
+        """How much the next read should take, ``frame`` being the largest record frame: one frame at a record
+        boundary, else the rest of the record begun - plus one frame after a short rest (:data:`SHORT_REST`). A
+        read then takes about one record from the kernel and stops at a record boundary when the data is there."""
+        missing = self.missing()
+        return missing if missing > SHORT_REST else missing + frame
 
     def drop(self) -> None:
         """Forget everything: a broken stream never reads again (nothing past a bad header is kept)."""

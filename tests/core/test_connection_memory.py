@@ -22,6 +22,7 @@ from negotiate_stream import (
     TruncatedStreamError,
 )
 from negotiate_stream._framing.nns import MAX_PLAINTEXT_PER_RECORD, NNSRecordCodec
+from negotiate_stream._receive_buffer import SHORT_REST
 from negotiate_stream.testing import NTLMUsers, connection_pair
 from tests.support.core import drain, established
 
@@ -237,3 +238,34 @@ def test_bytes_chunks_are_parsed_in_place(ntlm_users: NTLMUsers) -> None:
     assert capacity(server) <= SLACK  # lent, not copied
     assert len(drain(server)) == 8
     assert server.buffered == 0 and capacity(server) <= SLACK
+
+
+#: One largest MS-NNS record frame: the 4-byte length and a 64 KiB payload.
+MAX_FRAME = 4 + 0x10000
+
+
+def test_reads_are_sized_to_stop_at_record_boundaries(ntlm_users: NTLMUsers) -> None:
+    """_read_size(): one largest frame at a boundary, the rest of a record begun (one more frame after a short rest,
+    so the 1 KiB second record of each 64 KiB write costs no read of its own), never 0 or less."""
+    client, server = established(ntlm_users, protection_level=SEALED)
+    messages = [b"a" * 3000, b"b" * MAX_PLAINTEXT_PER_RECORD, b"c" * 10]
+    wire, ends = wire_and_ends(client, messages)
+    shared, got, position = bytearray(MAX_FRAME), [], 0
+    assert server._read_size() == MAX_FRAME
+    first_reads = [2, 998]  # a header cut short, then part of the first record: short reads, as TCP may give
+    while position < len(wire):
+        size = first_reads.pop(0) if first_reads else server._read_size()
+        chunk = wire[position : position + size]
+        got += lend_through(server, shared, chunk)
+        position += len(chunk)
+        begun = [end for end in ends if end > position]
+        if begun and position - max([0, *(e for e in ends if e <= position)]) >= 4:
+            rest = begun[0] - position  # the rest of the record begun; after a short rest, one more record frame
+            assert server._read_size() == (rest if rest > SHORT_REST else rest + MAX_FRAME)
+        else:
+            assert server._read_size() == MAX_FRAME
+    assert got == messages
+    # Whole records the app left unread are not "missing" bytes: the next read is a full one, never empty.
+    more = b"".join(client.send(m) for m in (b"x" * 100, b"y" * 100))
+    assert lend_through(server, shared, more, stop_after=1) == [b"x" * 100]
+    assert server.buffered > 0 and server._read_size() == MAX_FRAME

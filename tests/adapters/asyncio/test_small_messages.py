@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from negotiate_stream import Connection, ProtectionLevel, SecurityContext, State
+from negotiate_stream import AuthenticationError, Connection, ProtectionLevel, SecurityContext, State
+from negotiate_stream import _asyncio_transport as nsa_transport
 from negotiate_stream import asyncio_ as nsa
 from negotiate_stream._framing.nns import MAX_PLAINTEXT_PER_RECORD
 from negotiate_stream.testing import NTLMUsers, connection_pair
@@ -119,6 +120,84 @@ def test_records_are_read_in_place_and_only_a_partial_record_is_kept(ntlm_users:
             assert memory <= 2 * buffered + 128
         assert bytes(app.data) == b"".join(messages)
         assert held(protocol)[0] == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize("crowded", [True, False], ids=["crowded-loop", "few-connections"])
+def test_reads_stop_at_record_boundaries_on_a_crowded_loop(
+    ntlm_users: NTLMUsers, monkeypatch: pytest.MonkeyPatch, crowded: bool
+) -> None:
+    """On a loop serving many connections, with a stream of data waiting (as in a socket's kernel queue), each read
+    takes about one record frame, and a read that ended inside a record is followed by one that completes it: what
+    the app has not asked for stays in the kernel, and no partial record outlives the next read. With few
+    connections every read may fill the whole shared buffer (fewer callbacks for a bulk transfer)."""
+    monkeypatch.setattr(nsa_transport, "CROWDED", 0 if crowded else 1_000_000)
+
+    async def main() -> None:
+        app = Collector()
+        client, protocol, _transport = await established(ntlm_users, app)
+        before = protocol.get_buffer(-1)
+        if not crowded:
+            records = [bytes([n]) * MAX_PLAINTEXT_PER_RECORD for n in range(8)]
+            feed(protocol, b"".join(client.send(record) for record in records))
+            assert len(protocol.get_buffer(-1)) == len(before.obj)  # the whole shared buffer, every read
+            assert bytes(app.data) == b"".join(records)
+            return
+        messages = [bytes([n]) * MAX_PLAINTEXT_PER_RECORD for n in range(4)] + [b"tail" * 300] * 3
+        wire = b"".join(client.send(message) for message in messages)
+        position, sizes, partial_reads = 0, [], 0
+        while position < len(wire):
+            buffer = protocol.get_buffer(-1)
+            assert buffer.obj is before.obj  # still the loop's shared buffer, only cut shorter
+            count = min(len(buffer), len(wire) - position)
+            buffer[:count] = wire[position : position + count]
+            protocol.buffer_updated(count)
+            position += count
+            sizes.append(count)
+            pending = protocol.connection.buffered
+            assert pending < 0x10000 + 4  # less than one record frame, never records the app did not read
+            partial_reads = partial_reads + 1 if pending else 0
+            assert partial_reads <= 1  # the next read completes the record begun
+        assert bytes(app.data) == b"".join(messages)
+        assert max(sizes) < 2 * (0x10000 + 4) < len(before.obj)  # the shared buffer is larger: the reads were cut
+
+    run(main())
+
+
+def test_the_loop_counts_its_established_connections_until_they_are_lost(ntlm_users: NTLMUsers) -> None:
+    """Each established connection (either end) counts towards a crowded loop until its transport is lost, whether
+    it closed cleanly or was aborted; failed handshakes never count."""
+
+    async def main() -> None:
+        shared = nsa_transport.receive_buffer()
+        start = shared.established
+        server_ends: list[Any] = []  # kept referenced: a StreamWriter closes its transport when collected
+        server = await nsa.start_server(
+            lambda r, w: server_ends.append(w), "127.0.0.1", 0, **server_options(ntlm_users)
+        )
+        async with server:
+            pairs = [await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users))]
+            pairs.append(await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users)))
+            for _ in range(50):  # the server ends count once their handshake completed there too
+                if shared.established == start + 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert shared.established == start + 4
+            pairs[0][1].close()
+            pairs[1][1].transport.abort()
+            await pairs[0][1].wait_closed()
+            for writer in server_ends:  # the server ends see the client's EOF or reset; their app closes them
+                writer.close()
+            for _ in range(50):
+                if shared.established == start:
+                    break
+                await asyncio.sleep(0.01)
+            assert shared.established == start
+            with pytest.raises(AuthenticationError):  # no connection is established, nothing is counted
+                await nsa.open_connection("127.0.0.1", port_of(server), **client_options(ntlm_users, password="x"))
+            await asyncio.sleep(0.05)  # the server side's failure too
+            assert shared.established == start
 
     run(main())
 

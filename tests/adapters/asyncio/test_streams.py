@@ -85,6 +85,7 @@ def test_streams_1mib_both_directions(ntlm_users: NTLMUsers, level: str) -> None
     upstream, downstream = payload(1 << 20, seed=1), payload(1 << 20, seed=2)
     server_got: list[bytes] = []
     seen: dict[str, Any] = {}
+    handled = asyncio.Event()
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         seen["identity"] = writer.get_extra_info("peer_identity")
@@ -94,6 +95,7 @@ def test_streams_1mib_both_directions(ntlm_users: NTLMUsers, level: str) -> None
         server_got.append(await read_all(reader))
         await sent
         writer.close()
+        handled.set()
 
     async def main() -> None:
         server = await nsa.start_server(handler, "127.0.0.1", 0, **server_options(ntlm_users, level))
@@ -105,6 +107,8 @@ def test_streams_1mib_both_directions(ntlm_users: NTLMUsers, level: str) -> None
             received = asyncio.ensure_future(read_all(reader))
             await send_then_eof(writer, upstream, step=70_000)
             assert digest(await received) == digest(downstream)
+            # The server may still be reading our upstream when its downstream is complete: wait for the handler.
+            await handled.wait()
             writer.close()
             await writer.wait_closed()
         assert digest(server_got[0]) == digest(upstream)
