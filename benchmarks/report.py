@@ -159,6 +159,8 @@ class Report:
                         result.ratios["cost_excl_tcp"] = round(handshake_only * step_loop.value, 3)
             if result.kind.startswith("2proc-"):
                 self._two_process_ratios(result)
+            # Measured interleaved with its baseline (runner.PAIRED): that ratio is the one to trust.
+            result.ratios.update(result.extra.get("paired_ratios", {}))
 
     def _floor_ratios(self, result: Result) -> None:
         """Context floors against the raw primitives; Kerberos layers against python-gssapi's own functions."""
@@ -338,6 +340,7 @@ _NOTES = {
     "rss_spread_mib": "RSS spread {rss_spread_mib:.2f} MiB over {rss_sample_count} samples",
     "cpu_share_here": "CPU: this end {cpu_share_here:.2f}, peer process {cpu_share_peer:.2f}",
     "note": "{note}",
+    "paired_ratios": "{paired_keys} measured interleaved with the baseline",
 }
 
 
@@ -348,5 +351,6 @@ def _notes(result: Result) -> str:
         "rss_kib_per_idle_connection": 0.0,
         **extra,
         "rss_sample_count": len(extra.get("rss_samples_mib", [])),
+        "paired_keys": ", ".join(extra.get("paired_ratios", {})),
     }
     return "; ".join(note.format_map(values) for key, note in _NOTES.items() if key in extra)

@@ -69,22 +69,44 @@ def _run_here(scenario: Scenario, ctx: Context) -> Result:
 #: Scenario kinds measured ``config.repeats`` times (best kept): the ones a throughput ratio is computed from.
 REPEATED_KINDS = ("bulk", "crypto", "pingpong")
 
+#: The issue's target ratios whose two sides are measured interleaved: before each run of the scenario, one run of
+#: its baseline, and the ratio is best scenario run / best baseline run of that window (``paired_ratios`` in the
+#: extras, which replace the ratios computed from the separately measured baseline). On a shared machine the load
+#: drifts over minutes, so a baseline measured minutes earlier can be off by 30 %; interleaved, both sides see
+#: the same machine.
+PAIRED: dict[str, tuple[tuple[str, str], ...]] = {
+    "ours.asyncio-protocol.pingpong.sealed": (("plain", "baseline.asyncio-protocol.pingpong"),),
+    "ours.asyncio-streams.pingpong.sealed": (("tls", "baseline.tls-streams.pingpong"),),
+    "ours.asyncio-protocol.bulk.sealed": (("primitives", "floor.primitives.sealed"),),
+    "ours.asyncio-protocol.bulk.sign": (("primitives", "floor.primitives.sign"),),
+}
 
-def _run_best_of(scenario: Scenario, ctx: Context) -> Result:
+
+def _keep_faster(best: Result | None, result: Result) -> Result:
+    return result if best is None or (result.value or 0.0) > (best.value or 0.0) else best
+
+
+def _run_best_of(scenario: Scenario, ctx: Context, by_name: dict[str, Scenario]) -> Result:
     """Run ``scenario`` ``ctx.config.repeats`` times and keep the fastest run; any run that failed or was not
-    verified is reported instead (a retry never hides a failure). Other kinds run once (they repeat inside)."""
-    repeats = ctx.config.repeats if scenario.kind in REPEATED_KINDS else 1
+    verified is reported instead (a retry never hides a failure). Other kinds run once (they repeat inside).
+    A scenario of :data:`PAIRED` runs each of its baselines before each of its own runs."""
+    repeats = max(1, ctx.config.repeats if scenario.kind in REPEATED_KINDS else 1)
+    pairs = [(key, by_name[name]) for key, name in PAIRED.get(scenario.name, ()) if name in by_name]
     best: Result | None = None
-    for _ in range(max(1, repeats)):
+    baselines: dict[str, Result | None] = {key: None for key, _ in pairs}
+    for _ in range(repeats):
+        for key, baseline in pairs:
+            baselines[key] = _keep_faster(baselines[key], _run_here(baseline, ctx))
         result = _run_here(scenario, ctx)
         if not result.ok or result.verified is False:
             return result
-        assert result.value is not None
-        if best is None or result.value > (best.value or 0.0):
-            best = result
+        best = _keep_faster(best, result)
         gc.collect()
-    assert best is not None
-    best.extra["runs"] = max(1, repeats)
+    assert best is not None and best.value is not None
+    best.extra["runs"] = repeats
+    paired = {key: round(best.value / b.value, 3) for key, b in baselines.items() if b is not None and b.ok and b.value}
+    if paired:
+        best.extra["paired_ratios"] = paired
     return best
 
 
@@ -136,6 +158,7 @@ def run_bench(
     if not scenarios:
         raise ValueError(f"no scenario matches {list(only or [])!r}: see 'scripts/run bench --list'")
     results: list[Result] = []
+    by_name = {scenario.name: scenario for scenario in all_scenarios()}
     started = time.perf_counter()
     with NTLMUsers.generate() as users, Progress(len(scenarios), stream=progress_stream, enabled=progress) as bar:
         ctx = Context(config, users)
@@ -144,7 +167,7 @@ def run_bench(
                 with bar.scenario(scenario.name):
                     gc.collect()
                     isolated = scenario.isolated and isolate
-                    result = _run_isolated(scenario, config) if isolated else _run_best_of(scenario, ctx)
+                    result = _run_isolated(scenario, config) if isolated else _run_best_of(scenario, ctx, by_name)
                 results.append(result)
                 bar.finished(result)
         finally:

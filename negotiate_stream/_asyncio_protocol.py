@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 
 from ._asyncio_idle import IdleTimer, handshake_timeout_error
-from ._asyncio_transport import NegotiateTransport, deliver, receive_buffer
+from ._asyncio_transport import CROWDED, NegotiateTransport, deliver, receive_buffer
 from ._connection import Connection
 from ._events import EndOfStream, Event, HandshakeComplete, SessionInfo, State, _NeedData
 from ._offload import Outcome, may_block, start_thread
@@ -139,8 +139,8 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         """The loop's shared receive buffer (once established, cut to one record when the loop is crowded)."""
         conn = self._conn
-        if conn is None or conn.state is not _ESTABLISHED:
-            return self._receive_view
+        if self._shared.established <= CROWDED or conn is None or conn.state is not _ESTABLISHED:
+            return self._receive_view  # the common case first: an int comparison on every read
         return self._shared.for_read(conn)
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -1,7 +1,7 @@
 """The NTLM record transform (MS-NLMP 3.4.3/3.4.4 with Extended Session Security), without pyspnego.
 
 The handshake always stays in pyspnego. Once it is complete, the per-record work - RC4 and HMAC-MD5 - can run
-here instead, on ``cryptography``'s ARC4 and the stdlib's HMAC-MD5, because pyspnego's per-call Python dominates the
+here instead, on ``cryptography``'s ARC4 and HMAC-MD5, because pyspnego's per-call Python dominates the
 cost of small records (LDAP, RPC). :class:`NTLMRecordCipher` continues *exactly* where pyspnego's context stands:
 :func:`negotiate_stream._spnego.ntlm_takeover.take_over` (the one reader of pyspnego's private state, wired into
 :class:`~negotiate_stream._context.SecurityContext`) hands over the plain values of that state
@@ -36,9 +36,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import md5
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple, NoReturn
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.hashes import MD5
+from cryptography.hazmat.primitives.hmac import HMAC
 
 from .errors import SEC_E_MESSAGE_ALTERED, BrokenStreamError, ContextExpiredError, IntegrityError
 
@@ -183,22 +186,23 @@ def arc4(key: bytes, skip: int = 0) -> Callable[[Buffer], bytes]:
     return update
 
 
-def _unused(*args: object) -> bytes:
+def _unused(*args: object) -> NoReturn:
     raise RuntimeError("this NTLMRecordCipher was built for the other direction only")
 
 
-def _keyed_hmac_md5(key: bytes) -> Callable[[], Any]:
-    """The ``copy`` method of an HMAC-MD5 keyed with ``key`` (stdlib :mod:`hmac`): one fresh keyed MAC per record.
+def _keyed_hmac_md5(key: bytes) -> Callable[[], HMAC]:
+    """The ``copy`` method of an HMAC-MD5 keyed with ``key``: one fresh keyed MAC per record.
 
-    With OpenSSL 3 a one-shot ``hmac.digest(key, msg, "md5")`` looks the digest up and keys it on every call, which
-    costs more than the MAC of a small record itself; copying a keyed state does not. The MAC construction stays the
-    standard library's (the project never writes its own cipher or MAC).
+    The MAC is ``cryptography``'s HMAC (OpenSSL's, as the stdlib's; the project never writes its own cipher or MAC).
+    Copying a keyed state is cheaper than keying per call, and this HMAC's ``copy``/``update``/``finalize`` cost
+    0.76 µs for a 64-byte record against 1.28 µs through the stdlib :mod:`hmac` wrapper (1.83 µs one-shot
+    ``hmac.digest``), and 80.6 against 85.7 µs for 64 KiB (measured on the bench machine, see CHANGELOG).
     """
-    return hmac.new(key, digestmod="md5").copy
+    return HMAC(key, MD5()).copy
 
 
 def _signature(
-    new_mac: Callable[[], Any], seal_checksum: Callable[[Buffer], bytes] | None, seq: int, data: Buffer
+    new_mac: Callable[[], HMAC], seal_checksum: Callable[[Buffer], bytes] | None, seq: int, data: Buffer
 ) -> bytes:
     """One NTLMSSP_MESSAGE_SIGNATURE with ESS (MS-NLMP 3.4.4.2): version 1, the first 8 bytes of
     HMAC-MD5(SIGNKEY, seq + data) — RC4-encrypted with the direction's sealing handle when KEY_EXCH was
@@ -207,7 +211,7 @@ def _signature(
     mac = new_mac()
     mac.update(_pack_seq(seq))
     mac.update(data)
-    checksum: bytes = mac.digest()[:8]
+    checksum = mac.finalize()[:8]
     if seal_checksum is not None:
         checksum = seal_checksum(checksum)
     return _pack_signature(1, checksum, seq)
@@ -248,9 +252,9 @@ class NTLMRecordCipher:
         if state.keystream_out < 0 or state.keystream_in < 0:
             raise UnsupportedNTLMState("keystream positions cannot be negative")
         keys = derive_keys(state.session_key, state.flags, initiator=state.initiator)
-        self._mac_out: Callable[[], Any] = _unused
+        self._mac_out: Callable[[], HMAC] = _unused
         self._rc4_out: Callable[[Buffer], bytes] = _unused
-        self._mac_in: Callable[[], Any] = _unused
+        self._mac_in: Callable[[], HMAC] = _unused
         self._rc4_in: Callable[[Buffer], bytes] = _unused
         if direction != "in":
             self._mac_out = _keyed_hmac_md5(keys.sign_out)
@@ -267,10 +271,11 @@ class NTLMRecordCipher:
     def create(
         cls, state: NTLMRecordState, *, direction: Literal["both", "out", "in"] = "both"
     ) -> NTLMRecordCipher | None:
-        """A cipher for ``state``, or ``None`` when the state is not covered (then keep pyspnego)."""
+        """A cipher for ``state``, or ``None`` when the state is not covered or this ``cryptography`` refuses
+        HMAC-MD5 (e.g. a FIPS-only OpenSSL; pyspnego's HMAC is hashlib's): then keep pyspnego."""
         try:
             return cls(state, direction=direction)
-        except UnsupportedNTLMState:
+        except (UnsupportedNTLMState, UnsupportedAlgorithm):
             return None
 
     @property

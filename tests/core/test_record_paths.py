@@ -12,8 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cryptography.exceptions import UnsupportedAlgorithm
 
-from negotiate_stream import IntegrityError, LocalProtocolError, ProtectionLevel, SecurityContext
+from negotiate_stream import IntegrityError, LocalProtocolError, ProtectionLevel, SecurityContext, _ntlm_records
 from negotiate_stream._ntlm_records import arc4
 from negotiate_stream._spnego import ntlm_takeover
 from negotiate_stream._spnego.records import mechanism
@@ -222,6 +223,19 @@ def test_unreadable_private_state_falls_back(
     """A pyspnego whose counters are not where the reader looks (another version) keeps its own records."""
     monkeypatch.setattr(ntlm_takeover, "_SEQ_OUT", "_NTLMProxy__renamed_seq_num_out")
     client, server = established(ntlm_users, protocol=protocol)
+    assert client.record_path == server.record_path == "pyspnego"
+    exchange(client, server, seal_check=True)
+
+
+def test_a_cryptography_refusing_hmac_md5_falls_back(ntlm_users: NTLMUsers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cryptography that refuses HMAC-MD5 leaves the records to pyspnego (whose HMAC is hashlib's), in step,
+    instead of failing the handshake. (Without ARC4 pyspnego itself could not do NTLM: that case cannot arise.)"""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise UnsupportedAlgorithm("HMAC-MD5 is not available in this OpenSSL")
+
+    monkeypatch.setattr(_ntlm_records, "HMAC", refuse)
+    client, server = established(ntlm_users, protocol="ntlm")
     assert client.record_path == server.record_path == "pyspnego"
     exchange(client, server, seal_check=True)
 
