@@ -61,8 +61,8 @@ class BenchConfig:
     #: Bytes transferred by the memory-growth scenario, and how often RSS is sampled.
     growth_bytes: int
     growth_sample_every: int
-    #: Runs of each bulk and crypto-floor scenario; the best is reported (the noise of a shared machine only slows a
-    #: run down, so the fastest of a few is the steadiest figure, for the floors and the scenarios alike).
+    #: Runs of each bulk, ping-pong and crypto-floor scenario; the best is reported (the noise of a shared machine
+    #: only slows a run down, so the fastest of a few is the steadiest figure, for the floors and scenarios alike).
     repeats: int = 3
     quick: bool = False
     scale: float = 1.0

@@ -141,7 +141,7 @@ class NegotiateProtocol(asyncio.BufferedProtocol):
         conn = self._conn
         if self._shared.established <= CROWDED or conn is None or conn.state is not _ESTABLISHED:
             return self._receive_view  # the common case first: an int comparison on every read
-        return self._shared.for_read(conn)
+        return self._shared.cut_for(conn)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Process the ``nbytes`` just received (once established, the records are verified in place)."""

@@ -47,16 +47,16 @@ class SharedReceiveBuffer:
         self.view = memoryview(bytearray(RECEIVE_SIZE))
         self.established = 0
 
-    def for_read(self, connection: Connection) -> memoryview:
-        """The buffer for the next read of an established ``connection``.
+    def cut_for(self, connection: Connection) -> memoryview:
+        """The buffer cut to the next read of an established ``connection`` on a crowded loop.
 
-        All of it while few connections share the loop (a bulk transfer reads 256 KiB per callback). Once more than
-        :data:`CROWDED` do, cut to about one record (``Connection._read_size``): each connection then takes about one
-        record per turn of the loop, a read stops at a record boundary, and what the apps have not read yet waits in
-        the kernel instead of in memory (1,000 streaming connections: 80 -> 50 KiB RSS per endpoint, in the bench).
-        The protocol checks ``established > CROWDED`` itself before calling this (it is on every read's path).
+        While at most :data:`CROWDED` connections share the loop, a read may fill all of it (a bulk transfer reads
+        256 KiB per callback); the protocol checks that itself, on every read. Beyond, each read is cut to about one
+        record (``Connection._read_size``): each connection then takes about one record per turn of the loop, a read
+        stops at a record boundary, and what the apps have not read yet waits in the kernel instead of in memory
+        (1,000 streaming connections: 80 -> 51 KiB RSS per endpoint, benchmarks/README.md).
         """
-        return self.view[: connection._read_size()] if self.established > CROWDED else self.view
+        return self.view[: connection._read_size()]
 
 
 def receive_buffer() -> SharedReceiveBuffer:
